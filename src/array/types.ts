@@ -1,0 +1,102 @@
+/**
+ * What the array exposes to the daemon's front ends (HTTP API, NBD server, CLI through the API).
+ * Every method validates its input and throws ThinError (src/lib/errors.ts) with a stable code;
+ * nothing is half-applied when it throws.
+ */
+import type { BlockDevice } from '../volume/block-device.js';
+
+export type DiskKind = 'file' | 'block';
+export type VolumeAttr = 'user' | 'work';
+
+export interface DiskInfo {
+  id: number;
+  path: string;
+  kind: DiskKind;
+  sizeBytes: number;
+  extents: number;
+  usedExtents: number;
+}
+
+export interface PoolInfo {
+  extentBytes: number;
+  sizeBytes: number;
+  usedBytes: number;
+  freeBytes: number;
+  extentsTotal: number;
+  extentsUsed: number;
+  extentsFree: number;
+  /** Sum of all volume capacities. */
+  provisionedBytes: number;
+  /** provisionedBytes / sizeBytes (0 when the pool is empty). */
+  overcommitRatio: number;
+  disks: DiskInfo[];
+}
+
+export interface VolumeInfo {
+  name: string;
+  uuid: string;
+  capacityBytes: number;
+  allocatedBytes: number;
+  /** allocatedBytes / capacityBytes × 100, rounded to 0.01. */
+  allocatedPercent: number;
+  mappedExtents: number;
+  attr: VolumeAttr;
+  readOnly: boolean;
+  createdAt: string;
+  /** 'ready' in this release; later: 'incomplete' after a failed restore, 'copying' … */
+  state: string;
+}
+
+/** One run of a volume's allocation map, as `volume show NAME --map` prints it. */
+export interface MapRun {
+  offsetBytes: number;
+  lengthBytes: number;
+  mapped: boolean;
+}
+
+export interface CheckProblem {
+  kind: 'double-mapped' | 'out-of-range' | 'mapped-but-free' | 'leaked' | 'bad-page';
+  detail: string;
+}
+
+export interface CheckReport {
+  ok: boolean;
+  volumesChecked: number;
+  mappedExtents: number;
+  problems: CheckProblem[];
+  /** Problems fixed by --repair (leaks are returned to the pool). */
+  repaired: number;
+}
+
+export interface VolumeCreateRequest {
+  name: string;
+  sizeBytes: number;
+  readOnly?: boolean;
+  attr?: VolumeAttr;
+}
+
+export interface StorageArrayApi {
+  poolShow(): PoolInfo;
+  /** Adds a file (created sparse with sizeBytes when missing) or block device to the pool. */
+  poolAdd(path: string, sizeBytes?: number): Promise<DiskInfo>;
+
+  volumeCreate(request: VolumeCreateRequest): Promise<VolumeInfo>;
+  volumeList(): VolumeInfo[];
+  volumeShow(name: string): VolumeInfo;
+  volumeMap(name: string): MapRun[];
+  /** Grows a volume; shrinking is refused with INVALID_ARGUMENT. */
+  volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo>;
+  volumeDelete(name: string): Promise<void>;
+  volumeSetAttr(name: string, attr: VolumeAttr): Promise<VolumeInfo>;
+  volumeSetReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo>;
+
+  /** The device NBD serves for an export name (= volume name); undefined when there is none. */
+  openExport(name: string): BlockDevice | undefined;
+  /** Export names a client may list (user volumes only: working volumes are never exported). */
+  exportNames(): string[];
+
+  /** Commits everything: data fdatasync'ed, then metadata. */
+  sync(): Promise<void>;
+  check(options: { repair: boolean }): Promise<CheckReport>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,49 @@
+/**
+ * Every limit in one place, each with its reason. Changing one is a design decision.
+ */
+import { KiB, MiB, GiB } from './sizes.js';
+
+export const LIMITS = {
+  /** Extent sizes a pool may be created with (SPEC §1). Below 4 KiB the map costs more than the data. */
+  extentBytesMin: 4 * KiB,
+  extentBytesMax: 4 * MiB,
+  extentBytesDefault: 64 * KiB,
+
+  /**
+   * Map entries are uint32 physical extent numbers with 0 meaning "unmapped", so a pool holds at
+   * most 2^32 - 2 extents (256 TiB at the default 64 KiB extent).
+   */
+  poolExtentsMax: 0xffff_fffe,
+
+  /** Map entries per persisted page: one 2 KiB blob each; a volume's memory grows with pages touched. */
+  mapEntriesPerPage: 512,
+  /** Allocation-bitmap bits per persisted page (8 KiB blobs). */
+  bitmapBitsPerPage: 65536,
+
+  /** Largest volume: 2^63 is NBD's limit; we keep offsets exact in a JS number (2^53). */
+  volumeBytesMax: 2 ** 52,
+  /** Size of the pool file `serve` creates on first start (sparse: costs nothing until written). */
+  defaultPoolFileBytes: 64 * GiB,
+
+  /** NBD: largest READ/WRITE payload we accept (advertised as the maximum block size). */
+  nbdPayloadBytesMax: 32 * MiB,
+  /** NBD: preferred block size advertised; smaller writes still work but may read-modify-write. */
+  nbdPreferredBlockBytes: 4 * KiB,
+  /** NBD: an option during the handshake larger than this is refused (names and contexts are small). */
+  nbdOptionBytesMax: 64 * KiB,
+  /** NBD: requests a single connection may have in progress before we stop reading its socket. */
+  nbdInflightRequestsMax: 128,
+  /** NBD: at most this many meta contexts per SET_META_CONTEXT / LIST (we only have a handful). */
+  nbdMetaContextQueriesMax: 64,
+  /** NBD: bound on block-status descriptors in one reply, so a huge request is answered in pieces. */
+  nbdBlockStatusDescriptorsMax: 65536,
+
+  /** Reads up to this size are served with synchronous pread (page-cache hits beat a thread hop). */
+  syncReadBytesMax: 64 * KiB,
+
+  /** Metadata is committed at least this often even without FLUSH, bounding lost work after a crash. */
+  commitIntervalMs: 1000,
+
+  /** HTTP API: largest request body. */
+  apiBodyBytesMax: 1 * MiB,
+} as const;
