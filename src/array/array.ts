@@ -1,0 +1,314 @@
+/**
+ * The array: owns the metadata store, the pool, the volumes and the group committer, and is the
+ * one object the daemon's front ends (HTTP API, NBD server) are handed. Every public method
+ * validates its input and either applies a change whole or throws without changing anything.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { ThinError } from '../lib/errors.js';
+import { LIMITS } from '../lib/limits.js';
+import { isPowerOfTwo, formatBytes } from '../lib/sizes.js';
+import type { Logger } from '../lib/log.js';
+import { MetaStore, type VolumeRow } from '../meta/store.js';
+import { Pool } from '../pool/pool.js';
+import { AllocationMap } from '../volume/allocation-map.js';
+import { Volume, type VolumeContext } from '../volume/volume.js';
+import type { BlockDevice } from '../volume/block-device.js';
+import { Committer } from './committer.js';
+import { checkArray } from './check.js';
+import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo } from './types.js';
+
+export interface OpenOptions {
+  home: string;
+  logger: Logger;
+  /** Size of the sparse pool file created on first start when the pool has no disk. */
+  poolFileBytes?: number;
+  /** Extent size of a new pool; ignored (and checked) for an existing one. */
+  extentBytes?: number;
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function validateVolumeName(name: unknown, field = 'name'): string {
+  if (typeof name !== 'string' || !VOLUME_NAME.test(name)) {
+    throw new ThinError('INVALID_ARGUMENT', `${field}: a volume name is 1–128 characters of letters, digits, '.', '_' and '-', starting with a letter or digit`, { field });
+  }
+  return name;
+}
+
+function validateCapacity(sizeBytes: unknown, field = 'sizeBytes'): number {
+  if (typeof sizeBytes !== 'number' || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+    throw new ThinError('INVALID_ARGUMENT', `${field}: the size must be a positive whole number of bytes`, { field });
+  }
+  if (sizeBytes % 512 !== 0) throw new ThinError('INVALID_ARGUMENT', `${field}: the size must be a multiple of 512 bytes`, { field });
+  if (sizeBytes > LIMITS.volumeBytesMax) {
+    throw new ThinError('INVALID_ARGUMENT', `${field}: the size may be at most ${formatBytes(LIMITS.volumeBytesMax)}`, { field });
+  }
+  return sizeBytes;
+}
+
+export class StorageArray implements StorageArrayApi {
+  readonly home: string;
+  readonly store: MetaStore;
+  readonly pool: Pool;
+  readonly committer: Committer;
+  readonly #logger: Logger;
+  readonly #volumes = new Map<string, Volume>();
+  readonly #context: VolumeContext;
+  readonly #commitTimer: NodeJS.Timeout;
+  #closed = false;
+
+  private constructor(home: string, store: MetaStore, pool: Pool, logger: Logger) {
+    this.home = home;
+    this.store = store;
+    this.pool = pool;
+    this.#logger = logger;
+    this.committer = new Committer(store, pool, logger, () => this.#volumes.values());
+    this.#context = {
+      pool,
+      sync: () => this.committer.sync(),
+      trackWrite: (write) => this.committer.trackWrite(write),
+    };
+    // Bounds the work lost to a crash when clients never flush; FLUSH/FUA commit at once.
+    this.#commitTimer = setInterval(() => this.#backgroundCommit(), LIMITS.commitIntervalMs);
+    this.#commitTimer.unref();
+  }
+
+  static async open(options: OpenOptions): Promise<StorageArray> {
+    fs.mkdirSync(options.home, { recursive: true });
+    const store = new MetaStore(path.join(options.home, 'meta.db'));
+    try {
+      const { poolUuid, extentBytes } = initPoolSettings(store, options.extentBytes);
+      const pool = Pool.open(store, options.logger, extentBytes, poolUuid);
+      const array = new StorageArray(options.home, store, pool, options.logger);
+      if (pool.extentsTotal === 0 && store.listDisks().length === 0) {
+        pool.addDisk(path.join(options.home, 'pool', 'disk0.img'), options.poolFileBytes ?? LIMITS.defaultPoolFileBytes);
+      }
+      for (const row of store.listVolumes()) array.#attachVolume(row);
+      options.logger.info({ home: options.home, volumes: array.#volumes.size, extentBytes, extentsUsed: pool.extentsUsed }, 'array opened');
+      return array;
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+  }
+
+  #attachVolume(row: VolumeRow): Volume {
+    const volume = new Volume(row, AllocationMap.load(this.store.mapPages(row.id)), this.#context);
+    this.#volumes.set(row.name, volume);
+    return volume;
+  }
+
+  #backgroundCommit(): void {
+    if (this.#closed || !this.committer.hasUncommittedWork) return;
+    this.committer.sync().catch(() => undefined); // the committer logs failures
+  }
+
+  // ---- pool ---------------------------------------------------------------------------------
+
+  poolShow(): PoolInfo {
+    const extentBytes = this.pool.extentBytes;
+    const extentsTotal = this.pool.extentsTotal;
+    const extentsUsed = this.pool.extentsUsed;
+    const sizeBytes = extentsTotal * extentBytes;
+    let provisionedBytes = 0;
+    for (const volume of this.#volumes.values()) provisionedBytes += volume.sizeBytes;
+    return {
+      extentBytes,
+      sizeBytes,
+      usedBytes: extentsUsed * extentBytes,
+      freeBytes: (extentsTotal - extentsUsed) * extentBytes,
+      extentsTotal,
+      extentsUsed,
+      extentsFree: extentsTotal - extentsUsed,
+      provisionedBytes,
+      overcommitRatio: sizeBytes === 0 ? 0 : Math.round((provisionedBytes / sizeBytes) * 100) / 100,
+      disks: this.pool.diskInfos(),
+    };
+  }
+
+  async poolAdd(diskPath: string, sizeBytes?: number): Promise<DiskInfo> {
+    if (typeof diskPath !== 'string' || !path.isAbsolute(diskPath)) {
+      throw new ThinError('INVALID_ARGUMENT', 'path: give the absolute path of a file or block device', { field: 'path' });
+    }
+    if (sizeBytes !== undefined && (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0)) {
+      throw new ThinError('INVALID_ARGUMENT', 'sizeBytes: must be a positive whole number of bytes', { field: 'sizeBytes' });
+    }
+    return this.pool.addDisk(path.normalize(diskPath), sizeBytes);
+  }
+
+  // ---- volumes ------------------------------------------------------------------------------
+
+  async volumeCreate(request: VolumeCreateRequest): Promise<VolumeInfo> {
+    const name = validateVolumeName(request.name);
+    const capacityBytes = validateCapacity(request.sizeBytes);
+    const attr = request.attr ?? 'user';
+    if (attr !== 'user' && attr !== 'work') throw new ThinError('INVALID_ARGUMENT', "attr: must be 'user' or 'work'", { field: 'attr' });
+    if (this.#volumes.has(name)) throw new ThinError('ALREADY_EXISTS', `volume ${name} already exists`, { field: 'name' });
+    const row: Omit<VolumeRow, 'id'> = { name, uuid: randomUUID(), capacityBytes, attr, readOnly: request.readOnly === true, state: 'ready', createdAt: new Date().toISOString() };
+    const id = this.store.transaction(() => this.store.insertVolume(row));
+    const volume = this.#attachVolume({ ...row, id });
+    this.#logger.info({ volume: name, capacityBytes }, 'volume created');
+    return this.#volumeInfo(volume);
+  }
+
+  volumeList(): VolumeInfo[] {
+    return [...this.#volumes.values()].sort((a, b) => a.name.localeCompare(b.name)).map((volume) => this.#volumeInfo(volume));
+  }
+
+  volumeShow(name: string): VolumeInfo {
+    return this.#volumeInfo(this.#volume(name));
+  }
+
+  volumeMap(name: string): MapRun[] {
+    const volume = this.#volume(name);
+    return volume.blockStatus(0, volume.sizeBytes).reduce<MapRun[]>((runs, status) => {
+      const offsetBytes = runs.length === 0 ? 0 : runs[runs.length - 1]!.offsetBytes + runs[runs.length - 1]!.lengthBytes;
+      runs.push({ offsetBytes, lengthBytes: status.lengthBytes, mapped: !status.hole });
+      return runs;
+    }, []);
+  }
+
+  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    const volume = this.#volume(name);
+    const capacityBytes = validateCapacity(sizeBytes);
+    if (capacityBytes < volume.sizeBytes) {
+      throw new ThinError('INVALID_ARGUMENT', `sizeBytes: volumes only grow; ${name} is ${volume.sizeBytes} bytes and shrinking would lose data`, { field: 'sizeBytes' });
+    }
+    this.#updateRow(volume, { capacityBytes });
+    this.#logger.info({ volume: name, capacityBytes }, 'volume resized');
+    return this.#volumeInfo(volume);
+  }
+
+  async volumeSetAttr(name: string, attr: VolumeAttr): Promise<VolumeInfo> {
+    const volume = this.#volume(name);
+    if (attr !== 'user' && attr !== 'work') throw new ThinError('INVALID_ARGUMENT', "attr: must be 'user' or 'work'", { field: 'attr' });
+    this.#updateRow(volume, { attr });
+    return this.#volumeInfo(volume);
+  }
+
+  async volumeSetReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo> {
+    const volume = this.#volume(name);
+    if (typeof readOnly !== 'boolean') throw new ThinError('INVALID_ARGUMENT', 'readOnly: must be true or false', { field: 'readOnly' });
+    this.#updateRow(volume, { readOnly });
+    return this.#volumeInfo(volume);
+  }
+
+  /** Writes the row first; memory changes only once the row is durable. */
+  #updateRow(volume: Volume, changes: Partial<Pick<VolumeRow, 'capacityBytes' | 'attr' | 'readOnly' | 'state'>>): void {
+    const updated = { ...volume.row, ...changes };
+    this.store.transaction(() => this.store.updateVolume(updated));
+    Object.assign(volume.row, changes);
+  }
+
+  /**
+   * Unmaps every extent and removes the volume; the row, its map pages and the freed bits leave
+   * the store in one transaction, so a crash shows either the whole volume or none of it.
+   */
+  async volumeDelete(name: string): Promise<void> {
+    const volume = this.#volume(name);
+    volume.markDeleted();
+    this.#volumes.delete(name);
+    for (const { extentIndex } of [...volume.map.mapped(0, Math.ceil(volume.sizeBytes / volume.extentBytes))]) {
+      this.pool.free(volume.map.unmap(extentIndex));
+    }
+    const volumeId = volume.row.id;
+    this.committer.enqueue((store) => store.deleteVolume(volumeId));
+    await this.committer.sync();
+    this.#logger.info({ volume: name }, 'volume deleted');
+  }
+
+  #volume(name: string): Volume {
+    const volume = typeof name === 'string' ? this.#volumes.get(name) : undefined;
+    if (!volume) throw new ThinError('NOT_FOUND', `no volume named ${JSON.stringify(name)}`, { field: 'name' });
+    return volume;
+  }
+
+  #volumeInfo(volume: Volume): VolumeInfo {
+    const row = volume.row;
+    const allocatedBytes = volume.allocatedBytes;
+    return {
+      name: row.name,
+      uuid: row.uuid,
+      capacityBytes: row.capacityBytes,
+      allocatedBytes,
+      allocatedPercent: Math.round((Math.min(allocatedBytes, row.capacityBytes) / row.capacityBytes) * 10000) / 100,
+      mappedExtents: volume.map.mappedCount,
+      attr: row.attr,
+      readOnly: row.readOnly,
+      createdAt: row.createdAt,
+      state: row.state,
+    };
+  }
+
+  // ---- exports, sync, check -----------------------------------------------------------------
+
+  openExport(name: string): BlockDevice | undefined {
+    const volume = this.#volumes.get(name);
+    if (!volume || volume.row.attr === 'work') return undefined; // working volumes are never exported
+    return volume;
+  }
+
+  exportNames(): string[] {
+    return [...this.#volumes.values()].filter((volume) => volume.row.attr === 'user').map((volume) => volume.name).sort();
+  }
+
+  /** The volume object itself, for layers inside the daemon (copies, backups). */
+  volume(name: string): Volume {
+    return this.#volume(name);
+  }
+
+  sync(): Promise<void> {
+    return this.committer.sync();
+  }
+
+  async check(options: { repair: boolean }): Promise<CheckReport> {
+    await this.committer.sync();
+    const report = checkArray(this.pool, [...this.#volumes.values()], options.repair);
+    if (report.repaired > 0) {
+      await this.committer.sync();
+      this.#logger.warn({ repaired: report.repaired, problems: report.problems.length }, 'check repaired the pool');
+    }
+    return report;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    clearInterval(this.#commitTimer);
+    try {
+      await this.committer.sync();
+    } finally {
+      this.#closed = true;
+      this.pool.close();
+      this.store.close();
+    }
+  }
+}
+
+export function openStorageArray(options: OpenOptions): Promise<StorageArray> {
+  return StorageArray.open(options);
+}
+
+/** The pool's identity and extent size: chosen on first start, fixed afterwards. */
+function initPoolSettings(store: MetaStore, requestedExtentBytes: number | undefined): { poolUuid: string; extentBytes: number } {
+  const existingUuid = store.getSetting('pool.uuid');
+  if (existingUuid) {
+    const extentBytes = Number(store.getSetting('pool.extentBytes'));
+    if (requestedExtentBytes !== undefined && requestedExtentBytes !== extentBytes) {
+      throw new ThinError('INVALID_ARGUMENT', `extent size: this pool was created with ${extentBytes}-byte extents; it cannot change`, { field: 'extentBytes' });
+    }
+    return { poolUuid: existingUuid, extentBytes };
+  }
+  const extentBytes = requestedExtentBytes ?? LIMITS.extentBytesDefault;
+  if (!isPowerOfTwo(extentBytes) || extentBytes < LIMITS.extentBytesMin || extentBytes > LIMITS.extentBytesMax) {
+    throw new ThinError('INVALID_ARGUMENT', `extent size: must be a power of two from ${formatBytes(LIMITS.extentBytesMin)} to ${formatBytes(LIMITS.extentBytesMax)}`, { field: 'extentBytes' });
+  }
+  const poolUuid = randomUUID();
+  store.transaction(() => {
+    store.putSetting('pool.uuid', poolUuid);
+    store.putSetting('pool.extentBytes', String(extentBytes));
+    store.putSetting('pool.createdAt', new Date().toISOString());
+  });
+  return { poolUuid, extentBytes };
+}

@@ -1,0 +1,57 @@
+/**
+ * The metadata schema and its migrations. The schema version lives in SQLite's user_version;
+ * each migration moves it up by one inside a transaction, so a crash mid-migration leaves the
+ * old version intact.
+ */
+
+export const MIGRATIONS: readonly string[] = [
+  // 1: pool, disks, allocation bitmaps, volumes, allocation maps.
+  `
+  CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE disks (
+    id            INTEGER PRIMARY KEY,
+    path          TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL CHECK (kind IN ('file', 'block')),
+    size_bytes    INTEGER NOT NULL,
+    -- Global number of this disk's first physical extent; physical extents are numbered across
+    -- disks so that one uint32 names any extent of the pool.
+    first_extent  INTEGER NOT NULL,
+    extent_count  INTEGER NOT NULL,
+    added_at      TEXT NOT NULL
+  ) STRICT;
+
+  -- Which physical extents are in use, as bitmap pages of LIMITS.bitmapBitsPerPage bits.
+  -- A page that is absent is all clear.
+  CREATE TABLE disk_bitmap_pages (
+    disk_id     INTEGER NOT NULL REFERENCES disks(id),
+    page_index  INTEGER NOT NULL,
+    bits        BLOB NOT NULL,
+    PRIMARY KEY (disk_id, page_index)
+  ) STRICT, WITHOUT ROWID;
+
+  CREATE TABLE volumes (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    uuid            TEXT NOT NULL UNIQUE,
+    capacity_bytes  INTEGER NOT NULL,
+    attr            TEXT NOT NULL DEFAULT 'user' CHECK (attr IN ('user', 'work')),
+    read_only       INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'ready',
+    created_at      TEXT NOT NULL
+  ) STRICT;
+
+  -- Allocation maps: LIMITS.mapEntriesPerPage little-endian uint32 entries per page; an entry is
+  -- (global physical extent + 1), 0 meaning unmapped. A page that is absent is all unmapped, so
+  -- the store grows with mapped extents, not with capacity.
+  CREATE TABLE map_pages (
+    volume_id   INTEGER NOT NULL REFERENCES volumes(id),
+    page_index  INTEGER NOT NULL,
+    entries     BLOB NOT NULL,
+    PRIMARY KEY (volume_id, page_index)
+  ) STRICT, WITHOUT ROWID;
+  `,
+];

@@ -1,0 +1,348 @@
+/**
+ * The pool: physical disks and the extent allocator.
+ *
+ * Physical extents are numbered across all disks (disk.firstExtent + local index) so one uint32
+ * names any extent. Each disk has an allocation bitmap, persisted as pages in the metadata store.
+ *
+ * An extent's life: free → allocated (bit set at allocation, persisted at the next commit
+ * together with the map that points to it) → freeing (unmapped by a trim or delete; bit still set,
+ * so it cannot be handed out) → at the next commit its bit is cleared and persisted together with
+ * the unmapping → allocatable again once no I/O issued before the free still touches it ("pins").
+ * So a freed extent is never reused before its free is durable, and a late write can never land
+ * in an extent that already belongs to someone else.
+ */
+import fs from 'node:fs';
+import { Bitmap } from '../lib/bitmap.js';
+import { ThinError } from '../lib/errors.js';
+import { assert } from '../lib/assert.js';
+import { LIMITS } from '../lib/limits.js';
+import type { Logger } from '../lib/log.js';
+import type { MetaStore, DiskRow } from '../meta/store.js';
+import type { DiskInfo } from '../array/types.js';
+import { openDisk, readLabel, writeLabel, dataExtentCount, dataExtentOffsetBytes, fdatasync } from './disk.js';
+
+const BITMAP_WORDS_PER_PAGE = LIMITS.bitmapBitsPerPage / 32;
+
+export class PoolDisk {
+  readonly row: DiskRow;
+  readonly fd: number;
+  readonly bitmap: Bitmap;
+  readonly dirtyPages = new Set<number>();
+  /** Written since the last fdatasync. */
+  unsynced = false;
+
+  constructor(row: DiskRow, fd: number, bitmap: Bitmap) {
+    this.row = row;
+    this.fd = fd;
+    this.bitmap = bitmap;
+  }
+
+  markDirty(localExtent: number): void {
+    this.dirtyPages.add(Math.floor(localExtent / LIMITS.bitmapBitsPerPage));
+  }
+
+  /** The page as a blob for the store, or null when all clear (the row is then deleted). */
+  pageBlob(pageIndex: number): Buffer | null {
+    const start = pageIndex * BITMAP_WORDS_PER_PAGE;
+    const words = this.bitmap.words.subarray(start, Math.min(start + BITMAP_WORDS_PER_PAGE, this.bitmap.words.length));
+    if (words.every((word) => word === 0)) return null;
+    return Buffer.from(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength));
+  }
+}
+
+/** What one commit persists for the pool, captured synchronously when the commit starts. */
+export interface PoolCommitSnapshot {
+  bitmapPages: Array<{ diskId: number; pageIndex: number; blob: Buffer | null }>;
+  /** Frees whose bits this commit clears durably. */
+  frees: number[];
+}
+
+export interface PoolStats {
+  extentsTotal: number;
+  extentsUsed: number;
+}
+
+export class Pool {
+  readonly extentBytes: number;
+  readonly poolUuid: string;
+  readonly #store: MetaStore;
+  readonly #logger: Logger;
+  readonly #disks: PoolDisk[] = [];
+
+  /** Unmapped since the last commit started; bits still set. */
+  #freeing: number[] = [];
+  /** Frees of a failed commit: bits already clear in memory, persisted by the next commit. */
+  #retryFrees: number[] = [];
+  /** Bits cleared, but I/O issued before the free may still touch them: not allocatable yet. */
+  readonly #quarantine = new Set<number>();
+  /** Extents whose free was committed but which are still pinned. */
+  readonly #releaseWhenUnpinned = new Set<number>();
+  readonly #pinCounts = new Map<number, number>();
+  #nextDisk = 0;
+  #fullLogged = false;
+
+  private constructor(store: MetaStore, logger: Logger, extentBytes: number, poolUuid: string) {
+    this.#store = store;
+    this.#logger = logger;
+    this.extentBytes = extentBytes;
+    this.poolUuid = poolUuid;
+  }
+
+  static open(store: MetaStore, logger: Logger, extentBytes: number, poolUuid: string): Pool {
+    const pool = new Pool(store, logger, extentBytes, poolUuid);
+    for (const row of store.listDisks()) pool.#attach(row);
+    return pool;
+  }
+
+  #attach(row: DiskRow): void {
+    const opened = openDisk(row.path);
+    const label = readLabel(opened.fd);
+    if (!label || label.poolUuid !== this.poolUuid) {
+      fs.closeSync(opened.fd);
+      throw new ThinError('CORRUPT', `disk ${row.path} does not carry this pool's label; refusing to use it`);
+    }
+    const words = new Uint32Array(Math.ceil(row.extentCount / 32));
+    for (const page of this.#store.bitmapPages(row.id)) {
+      words.set(new Uint32Array(page.blob.buffer, page.blob.byteOffset, page.blob.byteLength / 4), page.pageIndex * BITMAP_WORDS_PER_PAGE);
+    }
+    this.#disks.push(new PoolDisk(row, opened.fd, new Bitmap(row.extentCount, words)));
+  }
+
+  /** Adds a disk: labels it, records it and its (empty) bitmap in one transaction. */
+  addDisk(diskPath: string, createSizeBytes?: number): DiskInfo {
+    if (this.#disks.some((disk) => disk.row.path === diskPath)) {
+      throw new ThinError('ALREADY_EXISTS', `disk ${diskPath} is already in the pool`, { field: 'path' });
+    }
+    const opened = openDisk(diskPath, createSizeBytes);
+    try {
+      const existing = readLabel(opened.fd);
+      if (existing) {
+        throw new ThinError('CONFLICT', `disk ${diskPath} already carries a thinarray label (pool ${existing.poolUuid}); refusing to overwrite it`, { field: 'path' });
+      }
+      const extentCount = dataExtentCount(opened.sizeBytes, this.extentBytes);
+      if (extentCount < 1) {
+        throw new ThinError('INVALID_ARGUMENT', `disk ${diskPath} is too small: it needs at least two extents of ${this.extentBytes} bytes`, { field: 'sizeBytes' });
+      }
+      const firstExtent = this.extentsTotal;
+      if (firstExtent + extentCount > LIMITS.poolExtentsMax) {
+        throw new ThinError('INVALID_ARGUMENT', `the pool would exceed ${LIMITS.poolExtentsMax} extents`, { field: 'sizeBytes' });
+      }
+      writeLabel(opened.fd, { poolUuid: this.poolUuid, extentBytes: this.extentBytes });
+      const row: Omit<DiskRow, 'id'> = { path: diskPath, kind: opened.kind, sizeBytes: opened.sizeBytes, firstExtent, extentCount, addedAt: new Date().toISOString() };
+      const id = this.#store.transaction(() => this.#store.insertDisk(row));
+      const disk = new PoolDisk({ ...row, id }, opened.fd, new Bitmap(extentCount));
+      this.#disks.push(disk);
+      this.#fullLogged = false;
+      this.#logger.info({ disk: diskPath, sizeBytes: opened.sizeBytes, extents: extentCount }, 'disk added to pool');
+      return this.#diskInfo(disk);
+    } catch (error) {
+      fs.closeSync(opened.fd);
+      throw error;
+    }
+  }
+
+  get extentsTotal(): number {
+    return this.#disks.reduce((sum, disk) => sum + disk.row.extentCount, 0);
+  }
+
+  /** Extents holding data or waiting for their free to commit. */
+  get extentsUsed(): number {
+    return this.#disks.reduce((sum, disk) => sum + disk.bitmap.setCount, 0) + this.#quarantine.size;
+  }
+
+  diskInfos(): DiskInfo[] {
+    return this.#disks.map((disk) => this.#diskInfo(disk));
+  }
+
+  #diskInfo(disk: PoolDisk): DiskInfo {
+    return { id: disk.row.id, path: disk.row.path, kind: disk.row.kind, sizeBytes: disk.row.sizeBytes, extents: disk.row.extentCount, usedExtents: disk.bitmap.setCount };
+  }
+
+  #diskOf(extent: number): PoolDisk {
+    // Pools have a handful of disks: a linear scan is cheaper than anything cleverer.
+    for (const disk of this.#disks) {
+      if (extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount) return disk;
+    }
+    throw new ThinError('CORRUPT', `physical extent ${extent} lies on no disk of the pool`);
+  }
+
+  /** Where a physical extent lives: the disk's fd and the byte offset of the extent on it. */
+  locate(extent: number): { fd: number; offsetBytes: number; disk: PoolDisk } {
+    const disk = this.#diskOf(extent);
+    return { fd: disk.fd, offsetBytes: dataExtentOffsetBytes(extent - disk.row.firstExtent, this.extentBytes), disk };
+  }
+
+  /**
+   * Allocates `count` extents, all or none: a write never half-allocates before running out.
+   * Disks take turns so that writes spread over devices.
+   */
+  allocate(count: number): number[] {
+    const available = this.extentsTotal - this.extentsUsed;
+    if (count > available) {
+      if (!this.#fullLogged) {
+        this.#logger.error({ extentsTotal: this.extentsTotal, extentsUsed: this.extentsUsed, requested: count }, 'pool is full: writes that need new extents fail with ENOSPC');
+        this.#fullLogged = true;
+      }
+      throw new ThinError('NO_SPACE', `the pool is full: ${count} extent(s) needed, ${available} free`);
+    }
+    const extents: number[] = [];
+    while (extents.length < count) {
+      const disk = this.#pickDisk();
+      const local = this.#findAllocatable(disk);
+      assert(local >= 0, 'a disk picked for allocation must have an allocatable extent');
+      disk.bitmap.set(local);
+      disk.markDirty(local);
+      extents.push(disk.row.firstExtent + local);
+    }
+    return extents;
+  }
+
+  #pickDisk(): PoolDisk {
+    for (let tries = 0; tries < this.#disks.length; tries++) {
+      const disk = this.#disks[this.#nextDisk % this.#disks.length]!;
+      this.#nextDisk++;
+      if (this.#findAllocatable(disk) >= 0) return disk;
+    }
+    throw new ThinError('NO_SPACE', 'the pool is full');
+  }
+
+  /** Next clear bit that is not quarantined (quarantine holds only a few extents at a time). */
+  #findAllocatable(disk: PoolDisk): number {
+    let from = 0;
+    for (let guard = 0; guard <= this.#quarantine.size; guard++) {
+      const local = disk.bitmap.findClear(from);
+      if (local < 0) return -1;
+      if (!this.#quarantine.has(disk.row.firstExtent + local)) return local;
+      from = local + 1;
+      if (from >= disk.row.extentCount) return -1;
+    }
+    return -1;
+  }
+
+  /** An extent no longer mapped by anyone; it becomes allocatable only after a commit. */
+  free(extent: number): void {
+    const disk = this.#diskOf(extent);
+    assert(disk.bitmap.get(extent - disk.row.firstExtent), `freeing extent ${extent} that is not allocated`);
+    this.#freeing.push(extent);
+  }
+
+  /** I/O on `extent` is starting: it must not be handed out again until unpinned. */
+  pin(extent: number): void {
+    this.#pinCounts.set(extent, (this.#pinCounts.get(extent) ?? 0) + 1);
+  }
+
+  unpin(extent: number): void {
+    const count = this.#pinCounts.get(extent);
+    assert(count !== undefined && count > 0, `unpin of extent ${extent} that is not pinned`);
+    if (count > 1) {
+      this.#pinCounts.set(extent, count - 1);
+      return;
+    }
+    this.#pinCounts.delete(extent);
+    if (this.#releaseWhenUnpinned.delete(extent)) this.#quarantine.delete(extent);
+  }
+
+  /** Captures the bitmap pages and frees one commit will persist. Synchronous by design. */
+  captureForCommit(): PoolCommitSnapshot {
+    const newFrees = this.#freeing;
+    this.#freeing = [];
+    for (const extent of newFrees) {
+      const disk = this.#diskOf(extent);
+      const local = extent - disk.row.firstExtent;
+      disk.bitmap.clear(local); // persisted as clear with the unmapping, in the same transaction
+      disk.markDirty(local);
+      this.#quarantine.add(extent); // ...but not allocatable until the commit is done
+    }
+    const bitmapPages: PoolCommitSnapshot['bitmapPages'] = [];
+    for (const disk of this.#disks) {
+      for (const pageIndex of disk.dirtyPages) bitmapPages.push({ diskId: disk.row.id, pageIndex, blob: disk.pageBlob(pageIndex) });
+      disk.dirtyPages.clear();
+    }
+    // Frees of a failed earlier commit: bits already clear in memory, their pages dirty again.
+    const frees = this.#retryFrees.concat(newFrees);
+    this.#retryFrees = [];
+    return { bitmapPages, frees };
+  }
+
+  persist(snapshot: PoolCommitSnapshot): void {
+    for (const page of snapshot.bitmapPages) this.#store.putBitmapPage(page.diskId, page.pageIndex, page.blob);
+  }
+
+  /** After the commit: committed frees become allocatable once nothing still pins them. */
+  afterCommit(snapshot: PoolCommitSnapshot): void {
+    for (const extent of snapshot.frees) {
+      if (this.#pinCounts.has(extent)) this.#releaseWhenUnpinned.add(extent);
+      else this.#quarantine.delete(extent);
+    }
+  }
+
+  /** The commit failed: its pages are written again next time; its frees stay quarantined until then. */
+  commitFailed(snapshot: PoolCommitSnapshot): void {
+    for (const page of snapshot.bitmapPages) {
+      const disk = this.#disks.find((candidate) => candidate.row.id === page.diskId);
+      disk?.dirtyPages.add(page.pageIndex);
+    }
+    this.#retryFrees.push(...snapshot.frees);
+  }
+
+  /** Anything a commit would persist or sync: frees, bitmap pages, unsynced disk writes. */
+  get hasUncommittedWork(): boolean {
+    return this.#freeing.length > 0 || this.#retryFrees.length > 0 || this.#disks.some((disk) => disk.unsynced || disk.dirtyPages.size > 0);
+  }
+
+  markWritten(disk: PoolDisk): void {
+    disk.unsynced = true;
+  }
+
+  /** fdatasync every disk written since its last sync. */
+  async syncDisks(): Promise<void> {
+    const pending = this.#disks.filter((disk) => disk.unsynced);
+    for (const disk of pending) disk.unsynced = false;
+    try {
+      await Promise.all(pending.map((disk) => fdatasync(disk.fd)));
+    } catch (error) {
+      for (const disk of pending) disk.unsynced = true;
+      throw error;
+    }
+  }
+
+  /** Every (global) physical extent the bitmaps say is in use — for `check`. */
+  *allocatedExtents(): Generator<number> {
+    for (const disk of this.#disks) {
+      for (let local = 0; local < disk.row.extentCount; local++) {
+        if (disk.bitmap.get(local)) yield disk.row.firstExtent + local;
+      }
+    }
+  }
+
+  /** Unmapped since the last commit started (still counted as allocated until it commits). */
+  freeingExtents(): ReadonlySet<number> {
+    return new Set(this.#freeing);
+  }
+
+  isAllocated(extent: number): boolean {
+    const disk = this.#diskOf(extent);
+    return disk.bitmap.get(extent - disk.row.firstExtent);
+  }
+
+  isValidExtent(extent: number): boolean {
+    return this.#disks.some((disk) => extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount);
+  }
+
+  /** check --repair: marks an extent allocated (it is mapped but its bit was clear). */
+  repairMarkAllocated(extent: number): void {
+    const disk = this.#diskOf(extent);
+    disk.bitmap.set(extent - disk.row.firstExtent);
+    disk.markDirty(extent - disk.row.firstExtent);
+  }
+
+  /** check --repair: returns a leaked extent (bit set, mapped by nobody) to the pool via the normal free path. */
+  repairLeak(extent: number): void {
+    this.free(extent);
+  }
+
+  close(): void {
+    for (const disk of this.#disks) fs.closeSync(disk.fd);
+    this.#disks.length = 0;
+  }
+}

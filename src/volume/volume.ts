@@ -1,0 +1,335 @@
+/**
+ * A thin volume: the BlockDevice the NBD server and every upper layer use.
+ *
+ * Reads of unmapped extents return zeros without touching a disk. The first write to an extent
+ * allocates it (a partial first write zero-fills the rest, so a reused extent never shows old
+ * data); until that first write has landed, other I/O on the extent waits ("initializing").
+ * TRIM and WRITE_ZEROES of whole extents unmap them. Every asynchronous disk I/O pins the
+ * physical extents it touches, so a concurrent trim can never let them be reused under it.
+ */
+import fs from 'node:fs';
+import { splitByExtent, type ExtentPiece } from '../lib/align.js';
+import { assert } from '../lib/assert.js';
+import { ThinError, fromSystemError } from '../lib/errors.js';
+import { LIMITS } from '../lib/limits.js';
+import type { Pool } from '../pool/pool.js';
+import type { VolumeRow } from '../meta/store.js';
+import type { AllocationMap } from './allocation-map.js';
+import type { BlockDevice, BlockStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
+import { copyChunks, sliceChunks, totalBytes } from './chunks.js';
+
+/** What a volume needs from the array around it. */
+export interface VolumeContext {
+  readonly pool: Pool;
+  /** Group commit: every write completed before the call is durable, data and map, on resolve. */
+  sync(): Promise<void>;
+  /** Registers an I/O in progress so that a commit waits for it before syncing the disks. */
+  trackWrite(write: Promise<unknown>): void;
+}
+
+/** One disk operation after merging pieces that are physically adjacent. */
+interface DiskRun {
+  fd: number;
+  positionBytes: number;
+  lengthBytes: number;
+  buffers: Buffer[];
+  physicalExtents: number[];
+}
+
+export class Volume implements BlockDevice {
+  readonly row: VolumeRow;
+  readonly map: AllocationMap;
+  readonly extentBytes: number;
+  readonly #context: VolumeContext;
+  /** Logical extents whose first (allocating) write is still in flight. */
+  readonly #initializing = new Map<number, Promise<void>>();
+  #deleted = false;
+
+  constructor(row: VolumeRow, map: AllocationMap, context: VolumeContext) {
+    this.row = row;
+    this.map = map;
+    this.#context = context;
+    this.extentBytes = context.pool.extentBytes;
+  }
+
+  get name(): string {
+    return this.row.name;
+  }
+
+  get sizeBytes(): number {
+    return this.row.capacityBytes;
+  }
+
+  get readOnly(): boolean {
+    return this.row.readOnly;
+  }
+
+  get allocatedBytes(): number {
+    return this.map.mappedCount * this.extentBytes;
+  }
+
+  /** After delete, every operation fails: a connection that still holds the volume cannot touch freed extents. */
+  markDeleted(): void {
+    this.#deleted = true;
+  }
+
+  // ---- read ---------------------------------------------------------------------------------
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.#checkRange(offsetBytes, lengthBytes);
+    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    const target = Buffer.allocUnsafe(lengthBytes);
+    const runs = this.#planRead(offsetBytes, lengthBytes, target);
+    if (lengthBytes <= LIMITS.syncReadBytesMax) {
+      // Small reads are mostly page-cache hits: a synchronous pread beats a thread-pool hop.
+      for (const run of runs) readRunSync(run);
+      return target;
+    }
+    await this.#pinned(runs, () => Promise.all(runs.map(readRun)));
+    return target;
+  }
+
+  /** Zero-fills holes in `target` and returns the disk reads that fill the rest. */
+  #planRead(offsetBytes: number, lengthBytes: number, target: Buffer): DiskRun[] {
+    const runs: DiskRun[] = [];
+    for (const piece of splitByExtent(offsetBytes, lengthBytes, this.extentBytes)) {
+      const view = target.subarray(piece.offsetInRangeBytes, piece.offsetInRangeBytes + piece.lengthBytes);
+      const physicalExtent = this.map.lookup(piece.extentIndex);
+      if (physicalExtent < 0) view.fill(0);
+      else this.#appendRun(runs, physicalExtent, piece, [view]);
+    }
+    return runs;
+  }
+
+  // ---- write --------------------------------------------------------------------------------
+
+  async write(offsetBytes: number, data: Buffer | readonly Buffer[], options: WriteOptions): Promise<void> {
+    const chunks = Buffer.isBuffer(data) ? [data] : data;
+    const lengthBytes = totalBytes(chunks);
+    this.#checkWritable(offsetBytes, lengthBytes);
+    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
+    const newExtents = this.#allocateFor(pieces);
+    const runs: DiskRun[] = [];
+    for (const piece of pieces) {
+      const payload = sliceChunks(chunks, piece.offsetInRangeBytes, piece.lengthBytes);
+      const physicalExtent = this.map.lookup(piece.extentIndex);
+      if (newExtents.has(piece.extentIndex) && piece.lengthBytes !== this.extentBytes) {
+        // First write to the extent is partial: write the whole extent, zeros around the data.
+        const whole = Buffer.alloc(this.extentBytes);
+        copyChunks(payload, whole, piece.offsetInExtentBytes);
+        this.#appendRun(runs, physicalExtent, { ...piece, offsetInExtentBytes: 0, lengthBytes: this.extentBytes }, [whole]);
+      } else {
+        this.#appendRun(runs, physicalExtent, piece, payload);
+      }
+    }
+    await this.#runWrites(runs, newExtents);
+    if (options.fua) await this.#context.sync();
+  }
+
+  /** Maps every unmapped extent the pieces touch, all or none (NO_SPACE leaves nothing changed). */
+  #allocateFor(pieces: readonly ExtentPiece[]): Set<number> {
+    const unmapped = pieces.filter((piece) => this.map.lookup(piece.extentIndex) < 0).map((piece) => piece.extentIndex);
+    const newExtents = new Set<number>();
+    if (unmapped.length === 0) return newExtents;
+    const physicalExtents = this.#context.pool.allocate(unmapped.length);
+    unmapped.forEach((extentIndex, i) => {
+      this.map.map(extentIndex, physicalExtents[i]!);
+      newExtents.add(extentIndex);
+    });
+    return newExtents;
+  }
+
+  async #runWrites(runs: readonly DiskRun[], newExtents: ReadonlySet<number>): Promise<void> {
+    const work = this.#pinned(runs, () => Promise.all(runs.map(writeRun)));
+    let release!: () => void;
+    const landed = new Promise<void>((resolve) => (release = resolve));
+    for (const extentIndex of newExtents) this.#initializing.set(extentIndex, landed);
+    this.#context.trackWrite(work);
+    try {
+      await work;
+      // Marked after landing: a sync that started meanwhile must not clear the mark for this data.
+      for (const run of runs) this.#context.pool.markWritten(this.#context.pool.locate(run.physicalExtents[0]!).disk);
+    } catch (error) {
+      // A failed first write must not leave a freshly allocated extent (old contents) mapped.
+      for (const extentIndex of newExtents) this.#context.pool.free(this.map.unmap(extentIndex));
+      throw fromSystemError(error, `write to volume ${this.name}`);
+    } finally {
+      for (const extentIndex of newExtents) this.#initializing.delete(extentIndex);
+      release();
+    }
+  }
+
+  // ---- trim and zero ------------------------------------------------------------------------
+
+  async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    this.#checkWritable(offsetBytes, lengthBytes);
+    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    // Partial extents are left alone: TRIM is advisory and zeroing them would cost a write.
+    for (const piece of splitByExtent(offsetBytes, lengthBytes, this.extentBytes)) {
+      if (piece.lengthBytes === this.extentBytes) this.#unmapIfMapped(piece.extentIndex);
+    }
+    if (options.fua) await this.#context.sync();
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    this.#checkWritable(offsetBytes, lengthBytes);
+    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
+    const slowPieces = pieces.filter((piece) => this.#zeroNeedsWrite(piece, options.mayUnmap));
+    if (options.fastOnly && slowPieces.length > 0) {
+      throw new ThinError('UNSUPPORTED', 'zeroing this range needs writes (fast zero refused)');
+    }
+    for (const piece of pieces) {
+      if (options.mayUnmap && piece.lengthBytes === this.extentBytes) this.#unmapIfMapped(piece.extentIndex);
+    }
+    // Slow pieces are written one extent at a time with one shared zero buffer: memory stays bounded.
+    const zeros = Buffer.alloc(this.extentBytes);
+    for (const piece of slowPieces) {
+      const offset = piece.extentIndex * this.extentBytes + piece.offsetInExtentBytes;
+      await this.write(offset, zeros.subarray(0, piece.lengthBytes), { fua: false });
+    }
+    if (options.fua) await this.#context.sync();
+  }
+
+  /** An unmapped piece already reads as zeros, except that NO_HOLE asks for it to be allocated. */
+  #zeroNeedsWrite(piece: ExtentPiece, mayUnmap: boolean): boolean {
+    const mapped = this.map.lookup(piece.extentIndex) >= 0;
+    if (piece.lengthBytes === this.extentBytes && mayUnmap) return false;
+    if (!mapped) return !mayUnmap;
+    return true;
+  }
+
+  #unmapIfMapped(extentIndex: number): void {
+    if (this.map.lookup(extentIndex) < 0) return;
+    this.#context.pool.free(this.map.unmap(extentIndex));
+  }
+
+  // ---- flush, cache, status -----------------------------------------------------------------
+
+  flush(): Promise<void> {
+    if (this.#deleted) return Promise.reject(this.#deletedError());
+    return this.#context.sync();
+  }
+
+  /** Deliberately a no-op: mapped data is read through the page cache, which the read itself fills. */
+  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.#checkRange(offsetBytes, lengthBytes);
+  }
+
+  blockStatus(offsetBytes: number, lengthBytes: number, maxRuns = Number.MAX_SAFE_INTEGER): BlockStatusRun[] {
+    this.#checkRange(offsetBytes, lengthBytes);
+    const runs: BlockStatusRun[] = [];
+    const endBytes = offsetBytes + lengthBytes;
+    let position = offsetBytes;
+    const push = (untilBytes: number, hole: boolean): void => {
+      const length = Math.min(untilBytes, endBytes) - position;
+      if (length <= 0) return;
+      const last = runs[runs.length - 1];
+      if (last && last.hole === hole) last.lengthBytes += length;
+      else runs.push({ lengthBytes: length, hole, zero: hole });
+      position += length;
+    };
+    const firstExtent = Math.floor(offsetBytes / this.extentBytes);
+    const endExtent = Math.ceil(endBytes / this.extentBytes);
+    for (const { extentIndex } of this.map.mapped(firstExtent, endExtent)) {
+      push(extentIndex * this.extentBytes, true);
+      if (runs.length >= maxRuns) return runs;
+      push((extentIndex + 1) * this.extentBytes, false);
+    }
+    push(endBytes, true);
+    return runs.length > maxRuns ? runs.slice(0, maxRuns) : runs;
+  }
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  #checkRange(offsetBytes: number, lengthBytes: number): void {
+    if (this.#deleted) throw this.#deletedError();
+    if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > this.sizeBytes) {
+      throw new ThinError('OUT_OF_RANGE', `range ${offsetBytes}+${lengthBytes} lies outside volume ${this.name} (${this.sizeBytes} bytes)`);
+    }
+  }
+
+  #checkWritable(offsetBytes: number, lengthBytes: number): void {
+    this.#checkRange(offsetBytes, lengthBytes);
+    if (this.readOnly) throw new ThinError('READ_ONLY', `volume ${this.name} is read-only`);
+  }
+
+  #deletedError(): ThinError {
+    return new ThinError('NOT_FOUND', `volume ${this.name} has been deleted`);
+  }
+
+  async #waitForInitializing(offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.#initializing.size === 0 || lengthBytes === 0) return;
+    const first = Math.floor(offsetBytes / this.extentBytes);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / this.extentBytes);
+    for (;;) {
+      let pending: Promise<void> | undefined;
+      for (let extentIndex = first; extentIndex <= last && !pending; extentIndex++) pending = this.#initializing.get(extentIndex);
+      if (!pending) return;
+      await pending;
+    }
+  }
+
+  /** Adds a piece to the run list, merging with the previous run when physically adjacent. */
+  #appendRun(runs: DiskRun[], physicalExtent: number, piece: ExtentPiece, buffers: Buffer[]): void {
+    assert(physicalExtent >= 0, 'a disk run needs a mapped extent');
+    const { fd, offsetBytes } = this.#context.pool.locate(physicalExtent);
+    const positionBytes = offsetBytes + piece.offsetInExtentBytes;
+    const last = runs[runs.length - 1];
+    if (last && last.fd === fd && last.positionBytes + last.lengthBytes === positionBytes) {
+      last.buffers.push(...buffers);
+      last.lengthBytes += piece.lengthBytes;
+      if (last.physicalExtents[last.physicalExtents.length - 1] !== physicalExtent) last.physicalExtents.push(physicalExtent);
+      return;
+    }
+    runs.push({ fd, positionBytes, lengthBytes: piece.lengthBytes, buffers, physicalExtents: [physicalExtent] });
+  }
+
+  async #pinned<T>(runs: readonly DiskRun[], io: () => Promise<T>): Promise<T> {
+    const pool = this.#context.pool;
+    for (const run of runs) for (const extent of run.physicalExtents) pool.pin(extent);
+    try {
+      return await io();
+    } finally {
+      for (const run of runs) for (const extent of run.physicalExtents) pool.unpin(extent);
+    }
+  }
+}
+
+function readRunSync(run: DiskRun): void {
+  let position = run.positionBytes;
+  for (const buffer of run.buffers) {
+    const bytesRead = fs.readSync(run.fd, buffer, 0, buffer.byteLength, position);
+    if (bytesRead !== buffer.byteLength) throw new ThinError('IO_ERROR', `short read from a pool disk at ${position}`);
+    position += buffer.byteLength;
+  }
+}
+
+/** readv until the whole run is read: the kernel may return fewer bytes than asked. */
+function readRun(run: DiskRun): Promise<void> {
+  return transferAll(run, fs.readv, 'read from');
+}
+
+/** writev until the whole run is written: the kernel may accept fewer bytes than offered. */
+function writeRun(run: DiskRun): Promise<void> {
+  return transferAll(run, fs.writev, 'write to');
+}
+
+type VectorIo = (fd: number, buffers: readonly NodeJS.ArrayBufferView[], position: number, callback: (error: NodeJS.ErrnoException | null, bytes: number) => void) => void;
+
+function transferAll(run: DiskRun, io: VectorIo, verb: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (doneBytes: number): void => {
+      const buffers = doneBytes === 0 ? run.buffers : sliceChunks(run.buffers, doneBytes, run.lengthBytes - doneBytes);
+      io(run.fd, buffers, run.positionBytes + doneBytes, (error, bytes) => {
+        if (error) return reject(fromSystemError(error, `${verb} a pool disk`));
+        if (bytes === 0) return reject(new ThinError('IO_ERROR', `${verb} a pool disk stopped at byte ${run.positionBytes + doneBytes}`));
+        const total = doneBytes + bytes;
+        if (total < run.lengthBytes) step(total);
+        else resolve();
+      });
+    };
+    step(0);
+  });
+}
