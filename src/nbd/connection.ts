@@ -1,0 +1,163 @@
+/** One client connection: owns the socket (and its TLS upgrade), runs the handshake, then the transmission. */
+import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { Logger } from '../lib/log.js';
+import { Handshake, type HandshakeConfig, type Negotiated } from './handshake.js';
+import { Transmission, type NbdMetrics } from './transmission.js';
+
+export interface ConnectionOptions {
+  handshake: HandshakeConfig;
+  secureContext: SecureContext | undefined;
+  metrics: NbdMetrics | undefined;
+  handshakeTimeoutMs: number;
+  logger: Logger;
+}
+
+type Phase = 'handshake' | 'transmission' | 'closing' | 'closed';
+
+export class NbdConnection {
+  // ---- Set at creation, never changed.
+  readonly closed: Promise<void>;
+  private readonly logger: Logger;
+  private readonly handshake: Handshake;
+  private resolveClosed!: () => void;
+
+  // ---- Changes during the connection's life.
+  /** The plain socket, then the TLS socket wrapping it after STARTTLS. */
+  private socket: Socket;
+  private phase: Phase = 'handshake';
+  private transmission: Transmission | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    rawSocket: Socket,
+    readonly id: number,
+    private readonly options: ConnectionOptions,
+  ) {
+    this.socket = rawSocket;
+    this.logger = options.logger.child({ nbdConnection: id, remote: `${rawSocket.remoteAddress}:${rawSocket.remotePort}` });
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.handshake = new Handshake(options.handshake, this.handshakeHost(), this.logger);
+    rawSocket.setNoDelay(true);
+    rawSocket.on('close', this.onClose);
+    rawSocket.on('error', this.onError);
+    this.listen(rawSocket);
+  }
+
+  start(): void {
+    this.logger.debug('nbd connection opened');
+    this.handshakeTimer = setTimeout(() => this.disconnect('handshake timed out'), this.options.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    this.socket.write(this.handshake.greeting());
+  }
+
+  /** Server shutdown: finish in-flight requests, then close; a handshake in progress is cut. */
+  shutdown(): void {
+    if (this.phase === 'transmission') this.transmission!.stop();
+    else if (this.phase === 'handshake') this.disconnect('server shutting down');
+  }
+
+  private listen(socket: Socket): void {
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+  }
+
+  // Arrow properties: bound once per connection, usable as listeners and removable.
+  private readonly onData = (chunk: Buffer): void => {
+    try {
+      if (this.phase === 'handshake') this.handshake.receive(chunk);
+      else if (this.phase === 'transmission') this.transmission!.receive(chunk);
+    } catch (error) {
+      // A bug in parsing must cost this connection only, never the process.
+      this.logger.error({ err: error }, 'nbd connection failed');
+      this.disconnect('internal error');
+    }
+  };
+
+  /** The client half-closed: during transmission, answer what is in flight first. */
+  private readonly onEnd = (): void => {
+    if (this.phase === 'transmission') this.transmission!.stop();
+    else if (this.phase === 'handshake') this.disconnect('client closed during the handshake');
+  };
+
+  private readonly onError = (error: Error): void => {
+    this.logger.debug({ err: error }, 'nbd socket error');
+  };
+
+  private readonly onClose = (): void => {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.transmission?.onSocketClosed();
+    this.logger.debug('nbd connection closed');
+    this.resolveClosed();
+  };
+
+  private handshakeHost() {
+    return {
+      send: (data: Buffer) => {
+        if (this.phase !== 'closed') this.socket.write(data);
+      },
+      startTls: (ack: Buffer) => this.startTls(ack),
+      enterTransmission: (negotiated: Negotiated, leftover: Buffer[]) => this.enterTransmission(negotiated, leftover),
+      end: () => this.endGracefully(),
+      disconnect: (reason: string) => this.disconnect(reason),
+    };
+  }
+
+  private startTls(ack: Buffer): void {
+    const raw = this.socket;
+    raw.removeListener('data', this.onData);
+    raw.removeListener('end', this.onEnd);
+    raw.write(ack);
+    // Wrapped in the same tick as the ACK is written: the client's ClientHello cannot be read
+    // by the plain socket in between.
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: this.options.secureContext! });
+    this.socket = secure;
+    secure.on('error', (error) => {
+      this.logger.info({ err: error }, 'nbd TLS failed');
+      this.disconnect('TLS error');
+    });
+    secure.on('close', this.onClose);
+    secure.once('secure', () => {
+      this.logger.debug('nbd TLS established');
+      this.handshake.onTlsReady();
+    });
+    this.listen(secure);
+  }
+
+  private enterTransmission(negotiated: Negotiated, leftover: Buffer[]): void {
+    clearTimeout(this.handshakeTimer);
+    this.logger.info(
+      { export: negotiated.exportName, structured: negotiated.structured, contexts: negotiated.contexts.map((c) => c.context.name) },
+      'nbd transmission started',
+    );
+    this.phase = 'transmission';
+    this.transmission = new Transmission(
+      this.socket,
+      negotiated,
+      { finished: () => this.endGracefully(), disconnect: (reason) => this.disconnect(reason) },
+      this.logger,
+      this.options.metrics,
+    );
+    for (const chunk of leftover) this.transmission.receive(chunk);
+  }
+
+  /** Soft end: everything written so far reaches the client, then the socket closes. */
+  private endGracefully(): void {
+    if (this.phase === 'closing' || this.phase === 'closed') return;
+    this.phase = 'closing';
+    const socket = this.socket;
+    socket.end();
+    // The client may never close its side; once our bytes are in the kernel, let go.
+    socket.once('finish', () => socket.destroy());
+  }
+
+  /** Hard disconnect: a protocol violation, a timeout, or a fault in this connection. */
+  private disconnect(reason: string): void {
+    if (this.phase === 'closed') return;
+    this.logger.info({ reason }, 'nbd connection dropped');
+    this.phase = 'closing';
+    this.socket.destroy();
+  }
+}
