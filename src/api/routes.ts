@@ -1,0 +1,196 @@
+/**
+ * The one table of API routes. Each route: validate (schemas, done by the server) → call the
+ * array → shape the answer. Paths are relative to /api/v1.
+ */
+import { z } from 'zod';
+import { ThinError } from '../lib/errors.js';
+import { defineRoute, TextResponse, type Route } from './router.js';
+import {
+  CheckReportSchema,
+  CheckRequestSchema,
+  DiskInfoResponseSchema,
+  HealthResponseSchema,
+  PoolAddRequestSchema,
+  PoolInfoSchema,
+  VolumeCreateRequestSchema,
+  VolumeInfoSchema,
+  VolumeListResponseSchema,
+  VolumeMapResponseSchema,
+  VolumeNameParamsSchema,
+  VolumeUpdateRequestSchema,
+} from './schemas.js';
+import type { StorageArrayApi, VolumeAttr, VolumeInfo } from '../array/types.js';
+
+export const API_PREFIX = '/api/v1';
+
+export const ROUTES: readonly Route[] = [
+  defineRoute({
+    method: 'GET',
+    path: '/health',
+    operationId: 'getHealth',
+    tag: 'daemon',
+    summary: 'Liveness check (no token needed).',
+    public: true,
+    success: { status: 200, description: 'The daemon is up.', schema: HealthResponseSchema },
+    errorStatuses: [],
+    handle: (_input, context) => ({ status: 'ok', version: context.version }),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/pool',
+    operationId: 'getPool',
+    tag: 'pool',
+    summary: 'Pool size, usage, extent size, over-commit ratio and disks.',
+    success: { status: 200, description: 'The pool.', schema: PoolInfoSchema },
+    errorStatuses: [],
+    handle: (_input, { array }) => array.poolShow(),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/pool/disks',
+    operationId: 'addPoolDisk',
+    tag: 'pool',
+    summary: 'Add a file (created sparse when missing) or a block device to the pool.',
+    body: PoolAddRequestSchema,
+    success: { status: 201, description: 'The disk added.', schema: DiskInfoResponseSchema },
+    errorStatuses: [400, 409, 507],
+    handle: ({ body }, { array }) => array.poolAdd(body.path, body.sizeBytes),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/volumes',
+    operationId: 'listVolumes',
+    tag: 'volumes',
+    summary: 'All volumes with capacity and allocation.',
+    success: { status: 200, description: 'The volumes.', schema: VolumeListResponseSchema },
+    errorStatuses: [],
+    handle: (_input, { array }) => ({ volumes: array.volumeList() }),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/volumes',
+    operationId: 'createVolume',
+    tag: 'volumes',
+    summary: 'Create a thin volume (capacity may exceed the pool).',
+    body: VolumeCreateRequestSchema,
+    success: { status: 201, description: 'The volume created.', schema: VolumeInfoSchema },
+    errorStatuses: [400, 409],
+    handle: ({ body }, { array }) => array.volumeCreate(body),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/volumes/:name',
+    operationId: 'getVolume',
+    tag: 'volumes',
+    summary: 'One volume.',
+    params: VolumeNameParamsSchema,
+    success: { status: 200, description: 'The volume.', schema: VolumeInfoSchema },
+    errorStatuses: [400, 404],
+    handle: ({ params }, { array }) => array.volumeShow(params.name),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/volumes/:name/map',
+    operationId: 'getVolumeMap',
+    tag: 'volumes',
+    summary: "The volume's allocation map as runs of mapped and unmapped bytes.",
+    params: VolumeNameParamsSchema,
+    success: { status: 200, description: 'The allocation map.', schema: VolumeMapResponseSchema },
+    errorStatuses: [400, 404],
+    handle: ({ params }, { array }) => ({
+      name: params.name,
+      extentBytes: array.poolShow().extentBytes,
+      runs: array.volumeMap(params.name),
+    }),
+  }),
+  defineRoute({
+    method: 'PATCH',
+    path: '/volumes/:name',
+    operationId: 'updateVolume',
+    tag: 'volumes',
+    summary: 'Grow a volume, change its attribute or its read-only flag.',
+    params: VolumeNameParamsSchema,
+    body: VolumeUpdateRequestSchema,
+    success: { status: 200, description: 'The volume after the change.', schema: VolumeInfoSchema },
+    errorStatuses: [400, 404, 409, 507],
+    handle: ({ params, body }, { array }) => updateVolume(array, params.name, body),
+  }),
+  defineRoute({
+    method: 'DELETE',
+    path: '/volumes/:name',
+    operationId: 'deleteVolume',
+    tag: 'volumes',
+    summary: 'Delete a volume and return its extents to the pool.',
+    params: VolumeNameParamsSchema,
+    success: { status: 204, description: 'Deleted.' },
+    errorStatuses: [400, 404, 409],
+    handle: ({ params }, { array }) => array.volumeDelete(params.name),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/check',
+    operationId: 'checkArray',
+    tag: 'array',
+    summary: 'Check metadata consistency (double-mapped or leaked extents); optionally repair.',
+    body: CheckRequestSchema,
+    success: { status: 200, description: 'The check report.', schema: CheckReportSchema },
+    errorStatuses: [400],
+    handle: ({ body }, { array }) => array.check({ repair: body.repair }),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/openapi.json',
+    operationId: 'getOpenApi',
+    tag: 'daemon',
+    summary: 'This document (OpenAPI 3.1).',
+    success: { status: 200, description: 'The OpenAPI document.', schema: z.object({}).loose() },
+    errorStatuses: [],
+    handle: (_input, context) => context.openApiDocument(),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/metrics',
+    operationId: 'getMetrics',
+    tag: 'daemon',
+    summary: 'Prometheus metrics: NBD requests, bytes and latency; pool and volume usage.',
+    success: { status: 200, description: 'Prometheus text exposition format.', contentType: 'text/plain; version=0.0.4' },
+    errorStatuses: [],
+    handle: async (_input, { metrics }) => {
+      if (!metrics) throw new ThinError('UNSUPPORTED', 'metrics are not enabled in this server');
+      return new TextResponse(metrics.contentType, await metrics.render());
+    },
+  }),
+];
+
+interface VolumeUpdate {
+  sizeBytes?: number | undefined;
+  attr?: VolumeAttr | undefined;
+  readOnly?: boolean | undefined;
+}
+
+/**
+ * Applies several changes without half-applying them: every precondition we can see is checked
+ * before the first change (the volume exists, no shrink), and the change most likely to fail
+ * (growing, which may hit limits) goes first. A failure of a later step after an earlier one
+ * succeeded would need a transactional volumeUpdate in the array (not there yet).
+ */
+async function updateVolume(array: StorageArrayApi, name: string, update: VolumeUpdate): Promise<VolumeInfo> {
+  let volume = array.volumeShow(name);
+  if (update.sizeBytes !== undefined && update.sizeBytes < volume.capacityBytes) {
+    throw new ThinError(
+      'INVALID_ARGUMENT',
+      `sizeBytes: volumes only grow: ${name} is ${volume.capacityBytes} bytes, asked for ${update.sizeBytes}`,
+      { field: 'sizeBytes' },
+    );
+  }
+  if (update.sizeBytes !== undefined && update.sizeBytes !== volume.capacityBytes) {
+    volume = await array.volumeResize(name, update.sizeBytes);
+  }
+  if (update.attr !== undefined && update.attr !== volume.attr) {
+    volume = await array.volumeSetAttr(name, update.attr);
+  }
+  if (update.readOnly !== undefined && update.readOnly !== volume.readOnly) {
+    volume = await array.volumeSetReadOnly(name, update.readOnly);
+  }
+  return volume;
+}

@@ -1,0 +1,174 @@
+/**
+ * The zod schemas of the HTTP API: request bodies and path parameters are validated with them,
+ * and the OpenAPI document is generated from them (with the route table in routes.ts).
+ * Response schemas are typed against src/array/types.ts so a change there fails to compile here.
+ */
+import { z } from 'zod';
+import { LIMITS } from '../lib/limits.js';
+import { isThinError } from '../lib/errors.js';
+import { parseSizeBytes } from '../lib/sizes.js';
+import type { CheckReport, DiskInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
+
+/** Volume (= NBD export) names: no slashes, spaces or leading dots, so they are safe in URLs, paths and NBD URIs. */
+export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const SIZE_TEXT_PATTERN = /^\s*\d+(?:\.\d+)?\s*[A-Za-z]*\s*$/;
+
+/** Missing fields say "is required" instead of zod's "expected string, received undefined". */
+function requiredOr(message: string) {
+  return (issue: { input?: unknown }): string => (issue.input === undefined ? 'is required' : message);
+}
+
+export const VolumeNameSchema = z
+  .string({ error: requiredOr('expected a volume name (a string)') })
+  .regex(VOLUME_NAME_PATTERN, {
+    error: 'must be 1-128 characters: letters, digits, ".", "_" or "-", starting with a letter or digit',
+  })
+  .meta({ description: 'Volume name, also the NBD export name.', examples: ['vm1-disk0'] });
+
+/**
+ * A size: a whole number of bytes or a string with a binary suffix ("64K", "10G").
+ * The field name is added by the issue path, so messages here do not repeat it.
+ */
+function sizeSchema(options: { minBytes: number; description: string }) {
+  return z
+    .union([z.number().int().min(0), z.string().regex(SIZE_TEXT_PATTERN)], {
+      error: requiredOr('expected a whole number of bytes >= 0 or a size such as "64K", "10G", "2T"'),
+    })
+    .transform((value, context): number => {
+      let bytes: number;
+      try {
+        bytes = parseSizeBytes(value);
+      } catch (error) {
+        context.addIssue({ code: 'custom', message: isThinError(error) ? stripFieldPrefix(error.message) : String(error) });
+        return z.NEVER;
+      }
+      if (bytes < options.minBytes) {
+        context.addIssue({ code: 'custom', message: `must be at least ${options.minBytes} bytes, got ${bytes}` });
+        return z.NEVER;
+      }
+      if (bytes > LIMITS.volumeBytesMax) {
+        context.addIssue({ code: 'custom', message: `must be at most ${LIMITS.volumeBytesMax} bytes, got ${bytes}` });
+        return z.NEVER;
+      }
+      return bytes;
+    })
+    .meta({ description: options.description, examples: ['10G', 1073741824] });
+}
+
+/** parseSizeBytes prefixes its messages with "size: "; our issue path names the field instead. */
+function stripFieldPrefix(message: string): string {
+  return message.replace(/^size: /, '');
+}
+
+export const VolumeSizeSchema = sizeSchema({ minBytes: 1, description: 'Capacity in bytes, or a string such as "10G".' });
+export const DiskSizeSchema = sizeSchema({ minBytes: 1, description: 'Size of a new pool file in bytes, or a string such as "64G".' });
+
+export const VolumeAttrSchema = z.enum(['user', 'work']).meta({
+  description: '"user" volumes are exported to hosts; "work" volumes are working space for copy-before-write backups and never exported.',
+});
+
+// ---- requests ----
+
+export const VolumeNameParamsSchema = z.object({ name: VolumeNameSchema });
+
+export const PoolAddRequestSchema = z.strictObject({
+  path: z
+    .string({ error: requiredOr('expected an absolute path (a string)') })
+    .min(1)
+    .refine((path) => path.startsWith('/'), { error: 'must be an absolute path' })
+    .meta({ description: 'Absolute path of a file (created sparse when missing) or a block device.' }),
+  sizeBytes: DiskSizeSchema.optional(),
+});
+
+export const VolumeCreateRequestSchema = z.strictObject({
+  name: VolumeNameSchema,
+  sizeBytes: VolumeSizeSchema,
+  readOnly: z.boolean().optional().meta({ description: 'Export the volume read-only.' }),
+  attr: VolumeAttrSchema.optional(),
+});
+
+export const VolumeUpdateRequestSchema = z
+  .strictObject({
+    sizeBytes: VolumeSizeSchema.optional().meta({ description: 'New capacity; volumes only grow.' }),
+    attr: VolumeAttrSchema.optional(),
+    readOnly: z.boolean().optional(),
+  })
+  .refine((body) => body.sizeBytes !== undefined || body.attr !== undefined || body.readOnly !== undefined, {
+    error: 'give at least one of sizeBytes, attr, readOnly',
+  });
+
+export const CheckRequestSchema = z.strictObject({
+  repair: z.boolean().default(false).meta({ description: 'Return leaked extents to the pool and fix what can be fixed.' }),
+});
+
+// ---- responses ----
+
+export const ErrorResponseSchema = z
+  .object({
+    error: z.object({
+      code: z.string().meta({ description: 'Stable error code (src/lib/errors.ts), e.g. INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS.' }),
+      message: z.string(),
+      field: z.string().optional().meta({ description: 'The input field the error is about.' }),
+    }),
+  })
+  .meta({ id: 'Error' });
+
+export const HealthResponseSchema = z.object({ status: z.literal('ok'), version: z.string() });
+
+const DiskInfoSchema: z.ZodType<DiskInfo> = z.object({
+  id: z.number().int(),
+  path: z.string(),
+  kind: z.enum(['file', 'block']),
+  sizeBytes: z.number().int(),
+  extents: z.number().int(),
+  usedExtents: z.number().int(),
+});
+export const DiskInfoResponseSchema = DiskInfoSchema;
+
+export const PoolInfoSchema: z.ZodType<PoolInfo> = z.object({
+  extentBytes: z.number().int(),
+  sizeBytes: z.number().int(),
+  usedBytes: z.number().int(),
+  freeBytes: z.number().int(),
+  extentsTotal: z.number().int(),
+  extentsUsed: z.number().int(),
+  extentsFree: z.number().int(),
+  provisionedBytes: z.number().int().meta({ description: 'Sum of all volume capacities.' }),
+  overcommitRatio: z.number().meta({ description: 'provisionedBytes / sizeBytes (0 when the pool is empty).' }),
+  disks: z.array(DiskInfoSchema),
+});
+
+export const VolumeInfoSchema: z.ZodType<VolumeInfo> = z.object({
+  name: z.string(),
+  uuid: z.string(),
+  capacityBytes: z.number().int(),
+  allocatedBytes: z.number().int(),
+  allocatedPercent: z.number(),
+  mappedExtents: z.number().int(),
+  attr: VolumeAttrSchema,
+  readOnly: z.boolean(),
+  createdAt: z.string(),
+  state: z.string(),
+});
+
+export const VolumeListResponseSchema = z.object({ volumes: z.array(VolumeInfoSchema) });
+
+const MapRunSchema: z.ZodType<MapRun> = z.object({
+  offsetBytes: z.number().int(),
+  lengthBytes: z.number().int(),
+  mapped: z.boolean(),
+});
+export const VolumeMapResponseSchema = z.object({ name: z.string(), extentBytes: z.number().int(), runs: z.array(MapRunSchema) });
+
+export const CheckReportSchema: z.ZodType<CheckReport> = z.object({
+  ok: z.boolean(),
+  volumesChecked: z.number().int(),
+  mappedExtents: z.number().int(),
+  problems: z.array(
+    z.object({
+      kind: z.enum(['double-mapped', 'out-of-range', 'mapped-but-free', 'leaked', 'bad-page']),
+      detail: z.string(),
+    }),
+  ),
+  repaired: z.number().int(),
+});
