@@ -80,6 +80,16 @@ function appendCapped(buffer: string, chunk: string): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** The promise's value, or undefined after ms; the timer is cleared so it never keeps the process alive. */
+async function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ms, undefined)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export class Daemon {
   // Set at creation, never changed.
   readonly home: string;
@@ -189,10 +199,10 @@ export class Daemon {
     if (child === undefined || this.exitPromise === undefined) throw new Error('daemon not started');
     if (!this.running) return this.exitPromise;
     child.kill('SIGTERM');
-    const exited = await Promise.race([this.exitPromise, sleep(timeoutMs).then(() => undefined)]);
+    const exited = await within(this.exitPromise, timeoutMs);
     if (exited !== undefined) return exited;
     child.kill('SIGKILL');
-    await Promise.race([this.exitPromise, sleep(KILL_TIMEOUT_MS)]);
+    await within(this.exitPromise, KILL_TIMEOUT_MS);
     throw new Error(`daemon (pid ${child.pid}) did not exit within ${timeoutMs} ms of SIGTERM; killed.\n${this.stderrTail()}`);
   }
 
@@ -202,7 +212,7 @@ export class Daemon {
     if (child === undefined || this.exitPromise === undefined) throw new Error('daemon not started');
     if (!this.running) return;
     child.kill('SIGKILL');
-    const exited = await Promise.race([this.exitPromise, sleep(KILL_TIMEOUT_MS).then(() => undefined)]);
+    const exited = await within(this.exitPromise, KILL_TIMEOUT_MS);
     if (exited === undefined) throw new Error(`daemon (pid ${child.pid}) still alive ${KILL_TIMEOUT_MS} ms after SIGKILL`);
   }
 
