@@ -3,8 +3,9 @@ import { formatBytes } from '../lib/sizes.js';
 
 export { formatBytes };
 
+/** One decimal, two below 1% so a little data does not read as "0.0%". */
 export function formatPercent(percent: number): string {
-  return `${percent.toFixed(1)}%`;
+  return `${percent.toFixed(percent > 0 && percent < 1 ? 2 : 1)}%`;
 }
 
 /** `part` as a percentage of `whole` (0 when whole is 0). */

@@ -36,9 +36,11 @@ export class Daemon {
     const logger = createLogger({ level: config.logLevel, destination: paths.log });
     try {
       const info = await startServices(config, paths, logger, cleanups);
+      logger.info({ ...info, home: paths.home, mediaRoots: config.mediaRoots, version: thinarrayVersion() }, 'daemon started');
+      // The log is on disk before anyone is told where to connect (tests and operators read it next).
+      await flushLogger(logger);
       writeDaemonInfo(paths, info);
       cleanups.push(() => removeDaemonInfo(paths));
-      logger.info({ ...info, home: paths.home, mediaRoots: config.mediaRoots, version: thinarrayVersion() }, 'daemon started');
       return new Daemon(paths, info, logger, cleanups);
     } catch (error) {
       logger.error({ err: error }, 'daemon failed to start');
