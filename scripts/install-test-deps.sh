@@ -23,7 +23,8 @@ die() { printf '[install-test-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 export DEBIAN_FRONTEND=noninteractive
 
-# binary -> Debian package that ships it
+# binary -> Debian package that ships it ("a|b": the first one the archive has;
+# nbdfuse is its own package from Debian 13, part of libnbd-bin in Debian 12)
 declare -a WANT=(
   "qemu-img:qemu-utils"
   "qemu-io:qemu-utils"
@@ -31,7 +32,7 @@ declare -a WANT=(
   "nbdinfo:libnbd-bin"
   "nbdcopy:libnbd-bin"
   "nbdkit:nbdkit"
-  "nbdfuse:nbdfuse"
+  "nbdfuse:nbdfuse|libnbd-bin"
   "fio:fio"
   "fusermount3:fuse3"
   "mkfs.ext4:e2fsprogs"
@@ -42,7 +43,11 @@ declare -a WANT=(
   "python3:python3"
 )
 
+# For testing this script: binaries to treat as missing (space-separated).
+pretend_missing=" ${INSTALL_TEST_DEPS_PRETEND_MISSING:-} "
+
 have() {
+  [[ "$pretend_missing" == *" $1 "* ]] && return 1
   # Also look in sbin directories, which a non-root PATH may lack (mkfs.ext4, e2fsck).
   command -v "$1" >/dev/null 2>&1 && return 0
   local d
@@ -72,7 +77,7 @@ for pair in "${WANT[@]}"; do
 done
 
 # fio must have its nbd engine (Debian builds it with libnbd).
-fio_has_nbd() { fio --enghelp 2>/dev/null | grep -qx $'\tnbd'; }
+fio_has_nbd() { local engines; engines="$(fio --enghelp 2>/dev/null || true)"; grep -qx $'\tnbd' <<<"$engines"; }
 if have fio && ! fio_has_nbd; then
   log "fio has no nbd ioengine; (re)installing fio and libnbd0"
   missing_pkgs+=("fio" "libnbd0")
@@ -90,10 +95,24 @@ if ((${#missing_pkgs[@]} > 0)); then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing_pkgs[*]}"
     log "apt-get update"
     as_root apt-get update -q || die "apt-get update failed"
+    # Resolve "a|b" alternatives to the first package the archive offers.
+    resolved=()
+    for spec in "${missing_pkgs[@]}"; do
+      pick=""
+      IFS='|' read -r -a alts <<<"$spec"
+      for alt in "${alts[@]}"; do
+        policy="$(apt-cache policy "$alt" 2>/dev/null || true)"
+        if [[ "$policy" =~ Candidate:\ [^\(] ]]; then pick="$alt"; break; fi
+      done
+      [[ -n "$pick" ]] || die "no Debian package found for: $spec"
+      [[ " ${resolved[*]-} " == *" $pick "* ]] || resolved+=("$pick")
+    done
+    missing_pkgs=("${resolved[@]}")
     log "apt-get install ${missing_pkgs[*]}"
     as_root apt-get install -y -q --no-install-recommends \
       -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
       "${missing_pkgs[@]}" </dev/null || die "apt-get install failed: ${missing_pkgs[*]}"
+    pretend_missing=" "
     for pair in "${WANT[@]}"; do
       bin="${pair%%:*}"
       have "$bin" || die "$bin still missing after installing ${missing_pkgs[*]}"
