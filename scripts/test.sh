@@ -28,9 +28,5 @@ if ((${#targets[@]} == 0)); then
 fi
 # Tests start daemons and real NBD clients: keep them serial on 2 cores.
 echo "[test] node --test --test-concurrency=1 (${#targets[@]} files)" >&2
-set +e
-node --test --test-concurrency=1 "${targets[@]}" </dev/null
-status=$?
-set -e
-echo "[test] test runner exited with status $status" >&2
-exit "$status"
+# exec: the runner's summary stays the last thing printed, and its status is ours.
+exec node --test --test-concurrency=1 "${targets[@]}" </dev/null
