@@ -3,7 +3,8 @@
  * advertises them in daemon.json, and shuts all of it down in order on SIGTERM/SIGINT.
  */
 import { mkdirSync } from 'node:fs';
-import { createLogger, type Logger } from '../lib/log.js';
+import type { Logger } from '../lib/log.js';
+import { flushLogger, openDaemonLogger } from './logging.js';
 import { openStorageArray } from '../array/array.js';
 import type { StorageArrayApi } from '../array/types.js';
 import { NbdServer } from '../nbd/server.js';
@@ -33,7 +34,13 @@ export class Daemon {
     ensureHomeDirectory(paths.home);
     const lock = HomeLock.acquire(paths.pidLock);
     const cleanups: Cleanup[] = [() => lock.release()];
-    const logger = createLogger({ level: config.logLevel, destination: paths.log });
+    let logger: Logger;
+    try {
+      logger = await openDaemonLogger(paths.log, config.logLevel);
+    } catch (error) {
+      lock.release();
+      throw error;
+    }
     try {
       const info = await startServices(config, paths, logger, cleanups);
       logger.info({ ...info, home: paths.home, mediaRoots: config.mediaRoots, version: thinarrayVersion() }, 'daemon started');
@@ -114,10 +121,6 @@ async function runCleanups(cleanups: Cleanup[], logger: Logger): Promise<void> {
       logger.error({ err: error }, 'error during shutdown');
     }
   }
-}
-
-function flushLogger(logger: Logger): Promise<void> {
-  return new Promise((resolve) => logger.flush(() => resolve()));
 }
 
 /** The text `serve` prints once both listeners are up. */

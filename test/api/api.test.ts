@@ -332,9 +332,9 @@ describe('HTTP API against the real array', () => {
     });
 
     test('GET /metrics: Prometheus text with pool, volume and NBD series', async () => {
-      metrics.observeRequest('READ', 4096, 0.0004, 0);
-      metrics.observeRequest('WRITE', 65536, 0.002, 0);
-      metrics.observeRequest('WRITE', 4096, 0.001, 28);
+      metrics.observeRequest('read', 4096, 0.0004, 0);
+      metrics.observeRequest('write', 65536, 0.002, 0);
+      metrics.observeRequest('write', 4096, 0.001, 28);
       const reply = await call('GET', '/metrics');
       assert.equal(reply.status, 200);
       assert.match(reply.headers.get('content-type') ?? '', /^text\/plain/);
@@ -343,9 +343,9 @@ describe('HTTP API against the real array', () => {
       assert.match(reply.text, new RegExp(`^thinarray_volume_capacity_bytes\\{volume="vm1"\\} ${20 * GiB}$`, 'm'));
       assert.match(reply.text, /^thinarray_volume_allocated_bytes\{volume="vm1"\} 0$/m);
       assert.doesNotMatch(reply.text, /volume="scratch\.0"/, 'deleted volumes leave the scrape');
-      assert.match(reply.text, /^thinarray_nbd_requests_total\{command="WRITE",errno="28"\} 1$/m);
-      assert.match(reply.text, /^thinarray_nbd_bytes_total\{command="WRITE"\} 69632$/m);
-      assert.match(reply.text, /^thinarray_nbd_request_duration_seconds_count\{command="READ"\} 1$/m);
+      assert.match(reply.text, /^thinarray_nbd_requests_total\{command="write",errno="28"\} 1$/m);
+      assert.match(reply.text, /^thinarray_nbd_bytes_total\{command="write"\} 69632$/m);
+      assert.match(reply.text, /^thinarray_nbd_request_duration_seconds_count\{command="read"\} 1$/m);
       assert.match(reply.text, /^thinarray_nbd_connections 0$/m);
     });
   });

@@ -109,6 +109,16 @@ describe('thinarray CLI against a running daemon', () => {
       assert.equal(jsonBefore.volumes[0].allocatedBytes, 128 * 1024);
     });
 
+    test('the NBD write shows in /metrics', async () => {
+      const response = await fetch(`${daemon.apiUrl}/api/v1/metrics`, { headers: { authorization: `Bearer ${daemon.token}` } });
+      assert.equal(response.status, 200);
+      const text = await response.text();
+      assert.match(text, /^thinarray_nbd_requests_total\{command="write",errno="0"\} [1-9]\d*$/m);
+      assert.match(text, /^thinarray_nbd_bytes_total\{command="write"\} 131072$/m);
+      assert.match(text, /^thinarray_volume_allocated_bytes\{volume="vm1"\} 131072$/m);
+      assert.equal((await fetch(`${daemon.apiUrl}/api/v1/metrics`)).status, 401);
+    });
+
     test('show and show --map', async () => {
       const shown = await daemon.cli(['volume', 'show', 'vm1']);
       assert.equal(shown.code, 0, shown.stderr);
