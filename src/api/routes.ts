@@ -19,7 +19,7 @@ import {
   VolumeNameParamsSchema,
   VolumeUpdateRequestSchema,
 } from './schemas.js';
-import type { StorageArrayApi, VolumeAttr, VolumeInfo } from '../array/types.js';
+import type { StorageArrayApi, VolumeAttr, VolumeInfo, VolumeUpdateRequest } from '../array/types.js';
 
 export const API_PREFIX = '/api/v1';
 
@@ -174,23 +174,11 @@ interface VolumeUpdate {
  * (growing, which may hit limits) goes first. A failure of a later step after an earlier one
  * succeeded would need a transactional volumeUpdate in the array (not there yet).
  */
-async function updateVolume(array: StorageArrayApi, name: string, update: VolumeUpdate): Promise<VolumeInfo> {
-  let volume = array.volumeShow(name);
-  if (update.sizeBytes !== undefined && update.sizeBytes < volume.capacityBytes) {
-    throw new ThinError(
-      'INVALID_ARGUMENT',
-      `sizeBytes: volumes only grow: ${name} is ${volume.capacityBytes} bytes, asked for ${update.sizeBytes}`,
-      { field: 'sizeBytes' },
-    );
-  }
-  if (update.sizeBytes !== undefined && update.sizeBytes !== volume.capacityBytes) {
-    volume = await array.volumeResize(name, update.sizeBytes);
-  }
-  if (update.attr !== undefined && update.attr !== volume.attr) {
-    volume = await array.volumeSetAttr(name, update.attr);
-  }
-  if (update.readOnly !== undefined && update.readOnly !== volume.readOnly) {
-    volume = await array.volumeSetReadOnly(name, update.readOnly);
-  }
-  return volume;
+function updateVolume(array: StorageArrayApi, name: string, update: VolumeUpdate): Promise<VolumeInfo> {
+  // One call, one transaction: a refused field leaves every other field as it was.
+  const changes: VolumeUpdateRequest = {};
+  if (update.sizeBytes !== undefined) changes.sizeBytes = update.sizeBytes;
+  if (update.attr !== undefined) changes.attr = update.attr;
+  if (update.readOnly !== undefined) changes.readOnly = update.readOnly;
+  return array.volumeUpdate(name, changes);
 }

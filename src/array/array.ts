@@ -17,7 +17,7 @@ import { Volume, type VolumeContext } from '../volume/volume.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { Committer } from './committer.js';
 import { checkArray } from './check.js';
-import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo } from './types.js';
+import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo, VolumeUpdateRequest } from './types.js';
 
 export interface OpenOptions {
   home: string;
@@ -170,29 +170,39 @@ export class StorageArray implements StorageArrayApi {
     }, []);
   }
 
-  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  async volumeUpdate(name: string, changes: VolumeUpdateRequest): Promise<VolumeInfo> {
     const volume = this.#volume(name);
-    const capacityBytes = validateCapacity(sizeBytes);
-    if (capacityBytes < volume.sizeBytes) {
-      throw new ThinError('INVALID_ARGUMENT', `sizeBytes: volumes only grow; ${name} is ${volume.sizeBytes} bytes and shrinking would lose data`, { field: 'sizeBytes' });
+    const update: Partial<Pick<VolumeRow, 'capacityBytes' | 'attr' | 'readOnly'>> = {};
+    if (changes.sizeBytes !== undefined) {
+      const capacityBytes = validateCapacity(changes.sizeBytes);
+      if (capacityBytes < volume.sizeBytes) {
+        throw new ThinError('INVALID_ARGUMENT', `sizeBytes: volumes only grow; ${name} is ${volume.sizeBytes} bytes and shrinking would lose data`, { field: 'sizeBytes' });
+      }
+      update.capacityBytes = capacityBytes;
     }
-    this.#updateRow(volume, { capacityBytes });
-    this.#logger.info({ volume: name, capacityBytes }, 'volume resized');
+    if (changes.attr !== undefined) {
+      if (changes.attr !== 'user' && changes.attr !== 'work') throw new ThinError('INVALID_ARGUMENT', "attr: must be 'user' or 'work'", { field: 'attr' });
+      update.attr = changes.attr;
+    }
+    if (changes.readOnly !== undefined) {
+      if (typeof changes.readOnly !== 'boolean') throw new ThinError('INVALID_ARGUMENT', 'readOnly: must be true or false', { field: 'readOnly' });
+      update.readOnly = changes.readOnly;
+    }
+    this.#updateRow(volume, update);
+    this.#logger.info({ volume: name, ...update }, 'volume updated');
     return this.#volumeInfo(volume);
   }
 
-  async volumeSetAttr(name: string, attr: VolumeAttr): Promise<VolumeInfo> {
-    const volume = this.#volume(name);
-    if (attr !== 'user' && attr !== 'work') throw new ThinError('INVALID_ARGUMENT', "attr: must be 'user' or 'work'", { field: 'attr' });
-    this.#updateRow(volume, { attr });
-    return this.#volumeInfo(volume);
+  volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    return this.volumeUpdate(name, { sizeBytes });
   }
 
-  async volumeSetReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo> {
-    const volume = this.#volume(name);
-    if (typeof readOnly !== 'boolean') throw new ThinError('INVALID_ARGUMENT', 'readOnly: must be true or false', { field: 'readOnly' });
-    this.#updateRow(volume, { readOnly });
-    return this.#volumeInfo(volume);
+  volumeSetAttr(name: string, attr: VolumeAttr): Promise<VolumeInfo> {
+    return this.volumeUpdate(name, { attr });
+  }
+
+  volumeSetReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo> {
+    return this.volumeUpdate(name, { readOnly });
   }
 
   /** Writes the row first; memory changes only once the row is durable. */

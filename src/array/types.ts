@@ -75,6 +75,12 @@ export interface VolumeCreateRequest {
   attr?: VolumeAttr;
 }
 
+export interface VolumeUpdateRequest {
+  sizeBytes?: number;
+  attr?: VolumeAttr;
+  readOnly?: boolean;
+}
+
 export interface StorageArrayApi {
   poolShow(): PoolInfo;
   /** Adds a file (created sparse with sizeBytes when missing) or block device to the pool. */
@@ -84,6 +90,11 @@ export interface StorageArrayApi {
   volumeList(): VolumeInfo[];
   volumeShow(name: string): VolumeInfo;
   volumeMap(name: string): MapRun[];
+  /**
+   * Changes several properties at once: all are validated first and written in one transaction,
+   * so a refused change applies none of them. Growing only; shrinking is refused.
+   */
+  volumeUpdate(name: string, changes: VolumeUpdateRequest): Promise<VolumeInfo>;
   /** Grows a volume; shrinking is refused with INVALID_ARGUMENT. */
   volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo>;
   volumeDelete(name: string): Promise<void>;

@@ -1,6 +1,6 @@
 /**
- * The daemon's log: pino JSON appended to <home>/thinarray.log. Same settings as
- * src/lib/log.ts createLogger, but we wait for the file to be open: pino's exit hook flushes
+ * The daemon's log: pino JSON appended to <home>/thinarray.log. We wait for the file to be
+ * open before logging: pino's exit hook flushes
  * synchronously and throws ("sonic boom is not ready yet") if the daemon exits — e.g. after a
  * failed start — before an asynchronous destination has opened its file.
  */
