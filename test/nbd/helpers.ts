@@ -77,6 +77,7 @@ export class RawClient {
 
   private constructor(socket: Socket) {
     this.socket = socket;
+    socket.setNoDelay(true); // pipelined requests must not wait for Nagle
     socket.on('data', (chunk: Buffer) => {
       this.buffered = Buffer.concat([this.buffered, chunk]);
       this.wake();

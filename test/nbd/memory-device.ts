@@ -29,6 +29,9 @@ export class MemoryDevice implements BlockDevice {
   /** Set to make the next operations fail with this error (tests of error mapping). */
   failWith: Error | undefined;
   readonly log: OperationRecord[] = [];
+  /** Operations waiting in their delay right now, and the most ever seen at once. */
+  active = 0;
+  maxActive = 0;
   private readonly extents = new Map<number, Buffer>();
 
   constructor(options: MemoryDeviceOptions) {
@@ -121,7 +124,11 @@ export class MemoryDevice implements BlockDevice {
   private async enter(op: string, offsetBytes: number, lengthBytes: number, options?: WriteOptions, parts?: number) {
     this.assertRange(offsetBytes, lengthBytes);
     this.log.push({ op, offsetBytes, lengthBytes, ...(options ? { options } : {}), ...(parts ? { parts } : {}) });
-    if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    if (this.delayMs > 0) {
+      this.maxActive = Math.max(this.maxActive, ++this.active);
+      await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+      this.active--;
+    }
     if (this.failWith !== undefined) throw this.failWith;
   }
 
