@@ -339,16 +339,19 @@ export class Transmission {
       this.finishRequest(request, rejected.errno, rejected.message);
       return;
     }
+    let errno = 0;
+    let message = '';
     try {
       await this.perform(request, payload);
-      this.finishRequest(request, 0, '');
     } catch (error) {
       const failure = failureFromError(error);
       if (failure.unexpected) {
         this.logger.error({ err: error, command: P.commandName(request.type) }, 'nbd request failed unexpectedly');
       }
-      this.finishRequest(request, failure.errno, failure.message);
+      errno = failure.errno;
+      message = failure.message;
     }
+    this.finishRequest(request, errno, message);
   }
 
   /** Runs a checked request; sends the success reply for commands whose reply carries data. */
@@ -390,18 +393,25 @@ export class Transmission {
     else if (type !== P.NBD_CMD_READ && type !== P.NBD_CMD_BLOCK_STATUS) this.send(simpleReply(0, request.handleHi, request.handleLo));
     this.inflight--;
     this.inflightBufferBytes -= request.bufferBytes;
-    if (this.metrics !== undefined) {
-      const seconds = (performance.now() - request.startMs) / 1000;
-      this.metrics.observeRequest(P.commandName(type), errno === 0 ? request.lengthBytes : 0, seconds, errno);
-    }
+    if (this.metrics !== undefined) this.observe(request, errno);
     this.onCapacity();
     this.finishIfIdle();
+  }
+
+  private observe(request: Request, errno: number): void {
+    const seconds = (performance.now() - request.startMs) / 1000;
+    const bytes = errno === 0 && request.type !== P.NBD_CMD_FLUSH ? request.lengthBytes : 0;
+    try {
+      this.metrics!.observeRequest(P.commandName(request.type), bytes, seconds, errno);
+    } catch (error) {
+      this.logger.warn({ err: error }, 'nbd metrics observer failed'); // metrics must not break I/O
+    }
   }
 
   // ---- Replies -------------------------------------------------------------------------------
 
   private send(header: Buffer, data?: Buffer): void {
-    if (this.closed) return;
+    if (this.closed || this.socket.destroyed) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();

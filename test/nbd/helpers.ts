@@ -96,6 +96,11 @@ export class RawClient {
     });
   }
 
+  /** A client over an already connected socket (e.g. the TLS socket after STARTTLS). */
+  static wrap(socket: Socket): RawClient {
+    return new RawClient(socket);
+  }
+
   static connect(port: number): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const socket = connect(port, '127.0.0.1', () => resolve(new RawClient(socket)));
