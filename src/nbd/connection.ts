@@ -57,6 +57,11 @@ export class NbdConnection {
     else if (this.phase === 'handshake') this.disconnect('server shutting down');
   }
 
+  /** Server shutdown took too long (a client not reading its replies): cut the connection. */
+  abort(): void {
+    this.disconnect('server shutdown grace period over');
+  }
+
   private listen(socket: Socket): void {
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);

@@ -24,6 +24,8 @@ export const NBD_LIMITS = {
   nbdInflightBytesMax: 256 * MiB,
   /** Reply bytes queued in the socket before we stop reading requests (a client not reading). */
   nbdReplyQueuedBytesMax: 64 * MiB,
+  /** NbdServer.close() waits this long for connections to answer what is in flight, then cuts them. */
+  nbdCloseGraceMs: 30_000,
   /** Longest human-readable message we put in an error reply. */
   nbdErrorMessageBytesMax: 1024,
 } as const;

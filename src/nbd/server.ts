@@ -23,6 +23,8 @@ export interface NbdServerOptions {
   metaContexts?: MetaContextRegistry;
   /** Defaults to NBD_LIMITS.nbdHandshakeTimeoutMs. */
   handshakeTimeoutMs?: number;
+  /** How long close() waits for connections to drain before cutting them; NBD_LIMITS.nbdCloseGraceMs. */
+  closeGraceMs?: number;
 }
 
 export class NbdServer {
@@ -33,12 +35,14 @@ export class NbdServer {
   private readonly metaContexts: MetaContextRegistry;
 
   // ---- Changes while serving.
+  private readonly closeGraceMs: number;
   private nextConnectionId = 1;
   private closing = false;
 
   constructor(private readonly options: NbdServerOptions) {
     this.secureContext = options.tls ? createSecureContext({ key: options.tls.key, cert: options.tls.cert }) : undefined;
     this.metaContexts = options.metaContexts ?? new MetaContextRegistry();
+    this.closeGraceMs = options.closeGraceMs ?? NBD_LIMITS.nbdCloseGraceMs;
     // Half-open: a client may send DISC and shut its side; we still owe it the in-flight replies.
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     this.server.on('error', (error) => options.logger.error({ err: error }, 'nbd server error'));
@@ -66,8 +70,17 @@ export class NbdServer {
   async close(): Promise<void> {
     this.closing = true;
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const connection of this.connections) connection.shutdown();
-    await Promise.all([...this.connections].map((connection) => connection.closed));
+    const connections = [...this.connections];
+    for (const connection of connections) connection.shutdown();
+    const allClosed = Promise.all(connections.map((connection) => connection.closed));
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), this.closeGraceMs)));
+    if ((await Promise.race([allClosed, graceOver])) === 'timeout') {
+      this.options.logger.warn({ connections: this.connections.size }, 'nbd connections still open after the grace period');
+      for (const connection of this.connections) connection.abort();
+      await allClosed;
+    }
+    clearTimeout(timer);
     await stopped;
   }
 

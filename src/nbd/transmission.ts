@@ -144,8 +144,21 @@ export class Transmission {
     if (this.stopping || this.closed) return;
     this.stopping = true;
     this.stash.length = 0;
+    this.dropPartialWrite();
     this.updateFlow();
     this.finishIfIdle();
+  }
+
+  /** A WRITE whose payload will never arrive cannot be answered; forget it so the close is not held up. */
+  private dropPartialWrite(): void {
+    const request = this.current;
+    if (request === undefined) return;
+    this.current = undefined;
+    this.currentRejection = undefined;
+    this.payloadParts = [];
+    this.parseState = ParseState.Header;
+    this.inflight--;
+    this.inflightBufferBytes -= request.bufferBytes;
   }
 
   /** The socket is gone: in-flight requests still complete against the device, their replies are dropped. */

@@ -503,6 +503,39 @@ describe('nbd protocol edge cases and malformed input', () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
     });
 
+    it('a client that half-closes after pipelining still gets every reply', async () => {
+      const client = await open();
+      await client.go('slow');
+      for (let i = 0; i < 5; i++) client.sendRequest(P.NBD_CMD_READ, BigInt(i), i * 512, 512);
+      client.socket.end(); // shutdown(SHUT_WR), as some clients do after DISC
+      for (let i = 0; i < 5; i++) assert.equal((await client.readSimpleReply(512))?.errno, 0);
+      assert.equal(await client.waitClosed(), true);
+    });
+
+    it('a client that half-closes in the middle of a WRITE payload is closed, not waited for', async () => {
+      const client = await open();
+      await client.go('disk');
+      client.sendRequest(P.NBD_CMD_WRITE, 1n, 0, 4096, 0, Buffer.alloc(1000));
+      client.socket.end();
+      assert.equal(await client.waitClosed(), true);
+    });
+
+    it('close() cuts a connection that does not read its replies once the grace period is over', async () => {
+      const device = new MemoryDevice({ name: 'stuck', sizeBytes: 64 * MiB });
+      const own = await startServer({ stuck: device }, { closeGraceMs: 300 });
+      const client = await RawClient.connect(own.port);
+      await client.go('stuck');
+      client.socket.pause();
+      for (let i = 0; i < 64; i++) client.sendRequest(P.NBD_CMD_READ, BigInt(i), i * MiB, MiB);
+      while (device.log.length < 8) await new Promise((resolve) => setTimeout(resolve, 5));
+      const started = Date.now();
+      await own.close();
+      const tookMs = Date.now() - started;
+      assert.ok(tookMs >= 250 && tookMs < 5000, `close took ${tookMs} ms`);
+      assert.equal(own.server.connectionCount, 0);
+      client.destroy();
+    });
+
     it('close() lets in-flight requests finish, then closes every connection', async () => {
       const device = new MemoryDevice({ name: 'closing', sizeBytes: SIZE, delayMs: 100 });
       const own = await startServer({ closing: device });
