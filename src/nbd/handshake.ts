@@ -3,7 +3,6 @@ import { LIMITS } from '../lib/limits.js';
 import type { Logger } from '../lib/log.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { ByteQueue } from './byte-queue.js';
-import { NBD_LIMITS } from './limits.js';
 import { isWellFormedQuery, type MetaContext, type MetaContextRegistry } from './meta-contexts.js';
 import * as P from './protocol.js';
 import { optionReply, writeUInt64BE } from './replies.js';
@@ -199,7 +198,7 @@ export class Handshake {
 
   private onOptionHeader(header: Buffer): void {
     if (header.readBigUInt64BE(0) !== P.NBD_IHAVEOPT) return this.fail('bad option magic');
-    if (++this.optionCount > NBD_LIMITS.nbdHandshakeOptionsMax) return this.fail('too many options');
+    if (++this.optionCount > LIMITS.nbdHandshakeOptionsMax) return this.fail('too many options');
     this.option = header.readUInt32BE(8);
     this.optionBytes = header.readUInt32BE(12);
     if (this.optionBytes <= LIMITS.nbdOptionBytesMax) {
@@ -208,7 +207,7 @@ export class Handshake {
     }
     // EXPORT_NAME cannot be answered with an error; a huge payload is not worth skipping.
     if (this.option === P.NBD_OPT_EXPORT_NAME) return this.fail('oversized EXPORT_NAME');
-    if (this.optionBytes > NBD_LIMITS.nbdOptionDiscardBytesMax) {
+    if (this.optionBytes > LIMITS.nbdOptionDiscardBytesMax) {
       this.replyError(this.option, P.NBD_REP_ERR_TOO_BIG, 'option far too long');
       return this.fail(`option of ${this.optionBytes} bytes`);
     }

@@ -1,4 +1,5 @@
 /** Encoders for option replies and transmission replies; each returns a fresh buffer to hand to socket.write. */
+import { LIMITS } from '../lib/limits.js';
 import {
   NBD_OPTION_REPLY_HEADER_BYTES,
   NBD_REP_MAGIC,
@@ -12,7 +13,6 @@ import {
   NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_FLAG_DONE,
 } from './protocol.js';
-import { NBD_LIMITS } from './limits.js';
 import type { StatusDescriptor } from './meta-contexts.js';
 
 const TWO_POW_32 = 2 ** 32;
@@ -25,8 +25,8 @@ export function writeUInt64BE(target: Buffer, value: number, offset: number): vo
 /** Human-readable text for an error payload, cut to a bound on a UTF-8 boundary. */
 export function messageBytes(message: string): Buffer {
   const bytes = Buffer.from(message, 'utf8');
-  if (bytes.length <= NBD_LIMITS.nbdErrorMessageBytesMax) return bytes;
-  let end = NBD_LIMITS.nbdErrorMessageBytesMax;
+  if (bytes.length <= LIMITS.nbdErrorMessageBytesMax) return bytes;
+  let end = LIMITS.nbdErrorMessageBytesMax;
   while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--; // do not split a multi-byte character
   return bytes.subarray(0, end);
 }

@@ -1,10 +1,10 @@
 /** The NBD server: listens on TCP, accepts connections and tracks them until they close. */
+import { LIMITS } from '../lib/limits.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from '../lib/log.js';
 import { NbdConnection } from './connection.js';
 import type { NbdExport } from './handshake.js';
-import { NBD_LIMITS } from './limits.js';
 import { MetaContextRegistry } from './meta-contexts.js';
 import type { NbdMetrics } from './transmission.js';
 
@@ -21,9 +21,9 @@ export interface NbdServerOptions {
   metrics?: NbdMetrics;
   /** Meta contexts offered; defaults to base:allocation only. */
   metaContexts?: MetaContextRegistry;
-  /** Defaults to NBD_LIMITS.nbdHandshakeTimeoutMs. */
+  /** Defaults to LIMITS.nbdHandshakeTimeoutMs. */
   handshakeTimeoutMs?: number;
-  /** How long close() waits for connections to drain before cutting them; NBD_LIMITS.nbdCloseGraceMs. */
+  /** How long close() waits for connections to drain before cutting them; LIMITS.nbdCloseGraceMs. */
   closeGraceMs?: number;
 }
 
@@ -42,7 +42,7 @@ export class NbdServer {
   constructor(private readonly options: NbdServerOptions) {
     this.secureContext = options.tls ? createSecureContext({ key: options.tls.key, cert: options.tls.cert }) : undefined;
     this.metaContexts = options.metaContexts ?? new MetaContextRegistry();
-    this.closeGraceMs = options.closeGraceMs ?? NBD_LIMITS.nbdCloseGraceMs;
+    this.closeGraceMs = options.closeGraceMs ?? LIMITS.nbdCloseGraceMs;
     // Half-open: a client may send DISC and shut its side; we still owe it the in-flight replies.
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     this.server.on('error', (error) => options.logger.error({ err: error }, 'nbd server error'));
@@ -100,7 +100,7 @@ export class NbdServer {
       },
       secureContext: this.secureContext,
       metrics: this.options.metrics,
-      handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? NBD_LIMITS.nbdHandshakeTimeoutMs,
+      handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs,
       logger: this.options.logger,
     });
     this.connections.add(connection);

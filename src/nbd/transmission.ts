@@ -6,7 +6,6 @@ import type { Logger } from '../lib/log.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { failureFromError } from './errno.js';
 import type { Negotiated, SelectedContext } from './handshake.js';
-import { NBD_LIMITS } from './limits.js';
 import * as P from './protocol.js';
 import { blockStatusChunk, errorChunk, readChunkHeader, simpleReply } from './replies.js';
 
@@ -257,7 +256,7 @@ export class Transmission {
 
   private beginWritePayload(request: Request): void {
     const length = request.lengthBytes;
-    if (length > NBD_LIMITS.nbdWriteDiscardBytesMax) {
+    if (length > LIMITS.nbdWriteDiscardBytesMax) {
       this.host.disconnect(`WRITE payload of ${length} bytes`);
       return;
     }
@@ -295,8 +294,8 @@ export class Transmission {
     return (
       this.stopping ||
       this.inflight >= LIMITS.nbdInflightRequestsMax ||
-      this.inflightBufferBytes >= NBD_LIMITS.nbdInflightBytesMax ||
-      this.socket.writableLength >= NBD_LIMITS.nbdReplyQueuedBytesMax
+      this.inflightBufferBytes >= LIMITS.nbdInflightBytesMax ||
+      this.socket.writableLength >= LIMITS.nbdReplyQueuedBytesMax
     );
   }
 
