@@ -273,7 +273,7 @@ async function runFio(workload: Workload, uri: string, config: Config, outFile: 
     `--output=${outFile}`,
   ];
   const timeoutMs = (config.runtimeS + config.rampS + 60) * 1000;
-  await runOk('fio', args, { timeoutMs });
+  await runOk('fio', args, { timeoutMs, cwd: join(outFile, '..') });
   const report = JSON.parse(await readFile(outFile, 'utf8')) as {
     jobs: Array<{ error: number; read: FioDir; write: FioDir }>;
   };

@@ -68,10 +68,10 @@ describe('interop integrity: fio verify and kill -9 against the real daemon', { 
     const args = [
       '--name=verify', '--ioengine=nbd', `--uri=${d().nbdUri('fio')}`,
       '--rw=randwrite', '--bsrange=4k-128k', '--iodepth=32', '--size=64m',
-      '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--randrepeat=0',
+      '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0', '--randrepeat=0',
       '--output-format=json', `--output=${output}`,
     ];
-    const result = await run('fio', args, { timeoutMs: STEP_TIMEOUT_MS - 10_000 });
+    const result = await run('fio', args, { timeoutMs: STEP_TIMEOUT_MS - 10_000, cwd: workDir });
     assert.equal(result.code, 0, describeFailure('fio', args, result));
     const report = JSON.parse(await readFile(output, 'utf8')) as { jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> };
     const job = report.jobs[0];
