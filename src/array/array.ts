@@ -101,7 +101,7 @@ export class StorageArray implements StorageArrayApi {
   }
 
   #backgroundCommit(): void {
-    if (this.#closed || !this.committer.hasUncommittedWork) return;
+    if (this.#closed || !this.committer.hasUncommittedMetadata) return;
     this.committer.sync().catch(() => undefined); // the committer logs failures
   }
 

@@ -46,8 +46,9 @@ export class Committer {
     this.#pendingOperations.push(operation);
   }
 
-  get hasUncommittedWork(): boolean {
-    if (this.#pendingOperations.length > 0 || this.#pool.hasUncommittedWork) return true;
+  /** Map pages, bitmap pages, frees or queued operations not yet committed. */
+  get hasUncommittedMetadata(): boolean {
+    if (this.#pendingOperations.length > 0 || this.#pool.hasUncommittedMetadata) return true;
     for (const volume of this.#volumes()) if (volume.map.hasDirtyPages) return true;
     return false;
   }

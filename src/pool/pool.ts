@@ -285,9 +285,13 @@ export class Pool {
     this.#retryFrees.push(...snapshot.frees);
   }
 
-  /** Anything a commit would persist or sync: frees, bitmap pages, unsynced disk writes. */
-  get hasUncommittedWork(): boolean {
-    return this.#freeing.length > 0 || this.#retryFrees.length > 0 || this.#disks.some((disk) => disk.unsynced || disk.dirtyPages.size > 0);
+  /**
+   * Metadata a commit would persist: frees or bitmap pages. Unsynced data alone does not count:
+   * without FLUSH nothing is promised, and a periodic fdatasync stalls writers on pages under
+   * writeback (measured: it cut 1 MiB sequential writes to a quarter).
+   */
+  get hasUncommittedMetadata(): boolean {
+    return this.#freeing.length > 0 || this.#retryFrees.length > 0 || this.#disks.some((disk) => disk.dirtyPages.size > 0);
   }
 
   markWritten(disk: PoolDisk): void {
