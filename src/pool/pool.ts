@@ -287,8 +287,8 @@ export class Pool {
 
   /**
    * Metadata a commit would persist: frees or bitmap pages. Unsynced data alone does not count:
-   * without FLUSH nothing is promised, and a periodic fdatasync stalls writers on pages under
-   * writeback (measured: it cut 1 MiB sequential writes to a quarter).
+   * without FLUSH nothing is promised, and a periodic fdatasync would force writeback of every
+   * dirty page each second, which overwriting clients would then wait on.
    */
   get hasUncommittedMetadata(): boolean {
     return this.#freeing.length > 0 || this.#retryFrees.length > 0 || this.#disks.some((disk) => disk.dirtyPages.size > 0);
