@@ -77,7 +77,7 @@ export class Volume implements BlockDevice {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
-    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     const target = Buffer.allocUnsafe(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
     if (lengthBytes <= LIMITS.syncReadBytesMax) {
@@ -107,7 +107,7 @@ export class Volume implements BlockDevice {
     const chunks = Buffer.isBuffer(data) ? [data] : data;
     const lengthBytes = totalBytes(chunks);
     this.#checkWritable(offsetBytes, lengthBytes);
-    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
     const newExtents = this.#allocateFor(pieces);
     const runs: DiskRun[] = [];
@@ -181,7 +181,7 @@ export class Volume implements BlockDevice {
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     this.#checkWritable(offsetBytes, lengthBytes);
-    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     // Partial extents are left alone: TRIM is advisory and zeroing them would cost a write.
     for (const piece of splitByExtent(offsetBytes, lengthBytes, this.extentBytes)) {
       if (piece.lengthBytes === this.extentBytes) this.#unmapIfMapped(piece.extentIndex);
@@ -191,7 +191,7 @@ export class Volume implements BlockDevice {
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
     this.#checkWritable(offsetBytes, lengthBytes);
-    await this.#waitForInitializing(offsetBytes, lengthBytes);
+    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
     const slowPieces = pieces.filter((piece) => this.#zeroNeedsWrite(piece, options.mayUnmap));
     if (options.fastOnly && slowPieces.length > 0) {
@@ -276,16 +276,21 @@ export class Volume implements BlockDevice {
     return new ThinError('NOT_FOUND', `volume ${this.name} has been deleted`);
   }
 
-  async #waitForInitializing(offsetBytes: number, lengthBytes: number): Promise<void> {
-    if (this.#initializing.size === 0 || lengthBytes === 0) return;
+  /**
+   * A first write still in flight on an extent of the range, if any. Callers loop
+   * `while ((pending = …)) await pending;` and then act with no await in between: a check in a
+   * separate async function would leave a gap after its last look in which another write could
+   * allocate the extent, and its zero-fill would then wipe this write (or expose old data to a read).
+   */
+  #pendingInitializing(offsetBytes: number, lengthBytes: number): Promise<void> | undefined {
+    if (this.#initializing.size === 0 || lengthBytes === 0) return undefined;
     const first = Math.floor(offsetBytes / this.extentBytes);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / this.extentBytes);
-    for (;;) {
-      let pending: Promise<void> | undefined;
-      for (let extentIndex = first; extentIndex <= last && !pending; extentIndex++) pending = this.#initializing.get(extentIndex);
-      if (!pending) return;
-      await pending;
+    for (let extentIndex = first; extentIndex <= last; extentIndex++) {
+      const pending = this.#initializing.get(extentIndex);
+      if (pending) return pending;
     }
+    return undefined;
   }
 
   /** Adds a piece to the run list, merging with the previous run when physically adjacent. */
