@@ -75,6 +75,13 @@ export const LIMITS = {
    */
   syncWriteBytesMax: 64 * KiB,
 
+  /** Reads at least this large use recycled buffers (src/lib/buffer-pool.ts); smaller ones come from Node's slab. */
+  pooledBufferBytesMin: 128 * KiB,
+  /** Largest pooled buffer: the largest NBD payload. */
+  pooledBufferBytesMax: 32 * MiB,
+  /** Idle pooled buffers kept at most; beyond it released buffers are left to the collector. */
+  pooledBuffersBytesMax: 128 * MiB,
+
   /** Metadata is committed at least this often even without FLUSH, bounding lost work after a crash. */
   commitIntervalMs: 1000,
 

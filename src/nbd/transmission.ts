@@ -2,6 +2,7 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { LIMITS } from '../lib/limits.js';
+import { releaseBuffer } from '../lib/buffer-pool.js';
 import type { Logger } from '../lib/log.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { failureFromError } from './errno.js';
@@ -430,7 +431,8 @@ export class Transmission {
       process.nextTick(uncork, this);
     }
     this.socket.write(header);
-    if (data !== undefined) this.socket.write(data);
+    // Once the socket has taken READ data, its (possibly pooled) buffer can be recycled.
+    if (data !== undefined) this.socket.write(data, () => releaseBuffer(data));
   }
 
   private replyRead(request: Request, data: Buffer): void {

@@ -12,6 +12,7 @@ import { splitByExtent, type ExtentPiece } from '../lib/align.js';
 import { assert } from '../lib/assert.js';
 import { ThinError, fromSystemError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
+import { acquireBuffer } from '../lib/buffer-pool.js';
 import type { Pool } from '../pool/pool.js';
 import type { VolumeRow } from '../meta/store.js';
 import type { AllocationMap } from './allocation-map.js';
@@ -78,7 +79,8 @@ export class Volume implements BlockDevice {
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
-    const target = Buffer.allocUnsafe(lengthBytes);
+    // Large reads use recycled buffers; whoever sends the data may hand them back (releaseBuffer).
+    const target = acquireBuffer(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
     if (lengthBytes <= LIMITS.syncReadBytesMax) {
       // Small reads are mostly page-cache hits: a synchronous pread beats a thread-pool hop.
