@@ -54,4 +54,22 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (volume_id, page_index)
   ) STRICT, WITHOUT ROWID;
   `,
+  // 2: jobs — long operations with progress, cancel, and resumption after a restart.
+  `
+  CREATE TABLE jobs (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    description  TEXT NOT NULL,
+    params       TEXT NOT NULL,   -- JSON, as the job was started
+    checkpoint   TEXT,            -- JSON, the handler's resumable state (null before the first)
+    progress     TEXT NOT NULL,   -- JSON: doneBytes, totalBytes
+    result       TEXT,            -- JSON, on success
+    error        TEXT,            -- JSON {code, message}, on failure
+    created_at   TEXT NOT NULL,
+    started_at   TEXT,
+    finished_at  TEXT
+  ) STRICT;
+  CREATE INDEX jobs_by_state ON jobs(state);
+  `,
 ];

@@ -84,6 +84,14 @@ export class MetaStore {
     }
   }
 
+  /**
+   * A prepared statement for a table another layer owns (jobs, later backups): its SQL stays in
+   * that layer's store file, the schema stays in schema.ts.
+   */
+  prepare<Params extends unknown[] = unknown[], Row = unknown>(sql: string): Database.Statement<Params, Row> {
+    return this.#db.prepare<Params, Row>(sql);
+  }
+
   /** Runs `work` in one transaction: all of it is committed (and fsync'ed) or none of it. */
   transaction<T>(work: () => T): T {
     return this.#db.transaction(work)();
