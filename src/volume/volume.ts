@@ -28,6 +28,29 @@ export interface VolumeContext {
   trackWrite(write: Promise<unknown>): void;
 }
 
+/**
+ * A copy in progress of which this volume is the source. Before a source extent that the copy
+ * still needs changes (write, trim, zero), its physical extent is handed to the copy instead of
+ * being overwritten or freed, so the copy keeps the point in time without a data copy on the
+ * write path; the write then goes to a new extent (filled with the old data when partial).
+ */
+export interface CopySourceHook {
+  /** The copy still needs this extent's point-in-time data. No side effects. */
+  needs(extentIndex: number): boolean;
+  /** The copy takes ownership of the physical extent that held `extentIndex` at the point in time. */
+  takeOver(extentIndex: number, physicalExtent: number): void;
+}
+
+/** Where an unmapped extent of a copy target finds its point-in-time data while the copy runs. */
+export type PendingExtent = { kind: 'zero' } | { kind: 'physical'; physicalExtent: number } | { kind: 'data'; data: Buffer };
+
+/** A copy in progress of which this volume is the target (hosts see it read-only meanwhile). */
+export interface CopyTargetHook {
+  resolve(extentIndex: number): PendingExtent;
+  /** Unmapped target extents in [from, to) that hold data through resolve(), ascending. */
+  pendingWithData(fromExtent: number, toExtent: number): Iterable<number>;
+}
+
 /** One disk operation after merging pieces that are physically adjacent. */
 interface DiskRun {
   fd: number;
@@ -45,6 +68,10 @@ export class Volume implements BlockDevice {
   /** Logical extents whose first (allocating) write is still in flight. */
   readonly #initializing = new Map<number, Promise<void>>();
   #deleted = false;
+  /** Set while this volume is the source of a copy in progress (src/copy). */
+  copySource: CopySourceHook | undefined;
+  /** Set while this volume is the target of a copy in progress (src/copy). */
+  copyTarget: CopyTargetHook | undefined;
 
   constructor(row: VolumeRow, map: AllocationMap, context: VolumeContext) {
     this.row = row;
@@ -97,10 +124,18 @@ export class Volume implements BlockDevice {
     for (const piece of splitByExtent(offsetBytes, lengthBytes, this.extentBytes)) {
       const view = target.subarray(piece.offsetInRangeBytes, piece.offsetInRangeBytes + piece.lengthBytes);
       const physicalExtent = this.map.lookup(piece.extentIndex);
-      if (physicalExtent < 0) view.fill(0);
-      else this.#appendRun(runs, physicalExtent, piece, [view]);
+      if (physicalExtent >= 0) this.#appendRun(runs, physicalExtent, piece, [view]);
+      else if (this.copyTarget) this.#planPendingRead(this.copyTarget.resolve(piece.extentIndex), piece, view, runs);
+      else view.fill(0);
     }
     return runs;
+  }
+
+  /** A copy target extent not copied yet: read the point-in-time data where the copy says it is. */
+  #planPendingRead(pending: PendingExtent, piece: ExtentPiece, view: Buffer, runs: DiskRun[]): void {
+    if (pending.kind === 'physical') this.#appendRun(runs, pending.physicalExtent, piece, [view]);
+    else if (pending.kind === 'data') pending.data.copy(view, 0, piece.offsetInExtentBytes, piece.offsetInExtentBytes + piece.lengthBytes);
+    else view.fill(0);
   }
 
   // ---- write --------------------------------------------------------------------------------
@@ -111,14 +146,15 @@ export class Volume implements BlockDevice {
     this.#checkWritable(offsetBytes, lengthBytes);
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
-    const newExtents = this.#allocateFor(pieces);
+    const { newExtents, previous } = this.#allocateFor(pieces);
     const runs: DiskRun[] = [];
     for (const piece of pieces) {
       const payload = sliceChunks(chunks, piece.offsetInRangeBytes, piece.lengthBytes);
       const physicalExtent = this.map.lookup(piece.extentIndex);
       if (newExtents.has(piece.extentIndex) && piece.lengthBytes !== this.extentBytes) {
-        // First write to the extent is partial: write the whole extent, zeros around the data.
-        const whole = Buffer.alloc(this.extentBytes);
+        // First write to the extent is partial: write the whole extent, with zeros around the data
+        // — or, for an extent just handed to a copy, with the data it had.
+        const whole = this.#initialContents(previous.get(piece.extentIndex));
         copyChunks(payload, whole, piece.offsetInExtentBytes);
         this.#appendRun(runs, physicalExtent, { ...piece, offsetInExtentBytes: 0, lengthBytes: this.extentBytes }, [whole]);
       } else {
@@ -129,17 +165,44 @@ export class Volume implements BlockDevice {
     if (options.fua) await this.#context.sync();
   }
 
-  /** Maps every unmapped extent the pieces touch, all or none (NO_SPACE leaves nothing changed). */
-  #allocateFor(pieces: readonly ExtentPiece[]): Set<number> {
-    const unmapped = pieces.filter((piece) => this.map.lookup(piece.extentIndex) < 0).map((piece) => piece.extentIndex);
+  /**
+   * Maps a new extent for every piece on an unmapped extent, and for every piece on an extent a
+   * copy still needs (its old physical extent goes to the copy; `previous` remembers it for the
+   * fill). All or none: NO_SPACE is raised before anything changes.
+   */
+  #allocateFor(pieces: readonly ExtentPiece[]): { newExtents: Set<number>; previous: Map<number, number> } {
+    const hook = this.copySource;
+    const unmapped: number[] = [];
+    const handedOver: number[] = [];
+    for (const { extentIndex } of pieces) {
+      if (this.map.lookup(extentIndex) < 0) unmapped.push(extentIndex);
+      else if (hook?.needs(extentIndex)) handedOver.push(extentIndex);
+    }
     const newExtents = new Set<number>();
-    if (unmapped.length === 0) return newExtents;
-    const physicalExtents = this.#context.pool.allocate(unmapped.length);
-    unmapped.forEach((extentIndex, i) => {
+    const previous = new Map<number, number>();
+    if (unmapped.length + handedOver.length === 0) return { newExtents, previous };
+    const physicalExtents = this.#context.pool.allocate(unmapped.length + handedOver.length);
+    for (const extentIndex of handedOver) {
+      const old = this.map.unmap(extentIndex);
+      hook!.takeOver(extentIndex, old);
+      previous.set(extentIndex, old);
+    }
+    [...unmapped, ...handedOver].forEach((extentIndex, i) => {
       this.map.map(extentIndex, physicalExtents[i]!);
       newExtents.add(extentIndex);
     });
-    return newExtents;
+    return { newExtents, previous };
+  }
+
+  /** A whole extent's buffer to lay a partial first write into: zeros, or the old data of `previousPhysical`. */
+  #initialContents(previousPhysical: number | undefined): Buffer {
+    const whole = Buffer.alloc(this.extentBytes);
+    if (previousPhysical === undefined) return whole;
+    // Synchronous: the copy now owns the extent and never changes it, and nothing may run between
+    // the hand-over and this read that could free it.
+    const { fd, offsetBytes } = this.#context.pool.locate(previousPhysical);
+    readRunSync({ fd, positionBytes: offsetBytes, lengthBytes: this.extentBytes, buffers: [whole], physicalExtents: [previousPhysical] });
+    return whole;
   }
 
   async #runWrites(runs: readonly DiskRun[], lengthBytes: number, newExtents: ReadonlySet<number>): Promise<void> {
@@ -219,9 +282,13 @@ export class Volume implements BlockDevice {
     return true;
   }
 
+  /** Unmaps an extent; its physical extent goes to a copy that still needs it, else back to the pool. */
   #unmapIfMapped(extentIndex: number): void {
     if (this.map.lookup(extentIndex) < 0) return;
-    this.#context.pool.free(this.map.unmap(extentIndex));
+    const needed = this.copySource?.needs(extentIndex) === true;
+    const physicalExtent = this.map.unmap(extentIndex);
+    if (needed) this.copySource!.takeOver(extentIndex, physicalExtent);
+    else this.#context.pool.free(physicalExtent);
   }
 
   // ---- flush, cache, status -----------------------------------------------------------------
@@ -251,13 +318,34 @@ export class Volume implements BlockDevice {
     };
     const firstExtent = Math.floor(offsetBytes / this.extentBytes);
     const endExtent = Math.ceil(endBytes / this.extentBytes);
-    for (const { extentIndex } of this.map.mapped(firstExtent, endExtent)) {
+    for (const extentIndex of this.#extentsWithData(firstExtent, endExtent)) {
       push(extentIndex * this.extentBytes, true);
       if (runs.length >= maxRuns) return runs;
       push((extentIndex + 1) * this.extentBytes, false);
     }
     push(endBytes, true);
     return runs.length > maxRuns ? runs.slice(0, maxRuns) : runs;
+  }
+
+  /** Mapped extents, and for a copy target those still read through the copy, ascending. */
+  *#extentsWithData(fromExtent: number, toExtent: number): Generator<number> {
+    const mapped = this.map.mapped(fromExtent, toExtent);
+    if (!this.copyTarget) {
+      for (const { extentIndex } of mapped) yield extentIndex;
+      return;
+    }
+    const pending = this.copyTarget.pendingWithData(fromExtent, toExtent)[Symbol.iterator]();
+    let a = mapped.next();
+    let b = pending.next();
+    while (!a.done || !b.done) {
+      if (b.done || (!a.done && a.value.extentIndex < b.value)) {
+        yield a.value!.extentIndex;
+        a = mapped.next();
+      } else {
+        yield b.value;
+        b = pending.next();
+      }
+    }
   }
 
   // ---- helpers ------------------------------------------------------------------------------
