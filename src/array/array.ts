@@ -15,6 +15,7 @@ import { Pool } from '../pool/pool.js';
 import { AllocationMap } from '../volume/allocation-map.js';
 import { Volume, type VolumeContext } from '../volume/volume.js';
 import type { BlockDevice } from '../volume/block-device.js';
+import { JobManager } from '../jobs/job-manager.js';
 import { Committer } from './committer.js';
 import { checkArray } from './check.js';
 import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo, VolumeUpdateRequest } from './types.js';
@@ -53,6 +54,8 @@ export class StorageArray implements StorageArrayApi {
   readonly store: MetaStore;
   readonly pool: Pool;
   readonly committer: Committer;
+  /** Long operations; kinds are registered by their owners, then startJobs() resumes old ones. */
+  readonly jobs: JobManager;
   readonly #logger: Logger;
   readonly #volumes = new Map<string, Volume>();
   readonly #context: VolumeContext;
@@ -64,6 +67,7 @@ export class StorageArray implements StorageArrayApi {
     this.store = store;
     this.pool = pool;
     this.#logger = logger;
+    this.jobs = new JobManager(store, logger.child({ component: 'jobs' }));
     this.committer = new Committer(store, pool, logger, () => this.#volumes.values());
     this.#context = {
       pool,
@@ -273,6 +277,10 @@ export class StorageArray implements StorageArrayApi {
     return this.committer.sync();
   }
 
+  startJobs(): void {
+    this.jobs.resumeAll();
+  }
+
   async check(options: { repair: boolean }): Promise<CheckReport> {
     await this.committer.sync();
     const report = checkArray(this.pool, [...this.#volumes.values()], options.repair);
@@ -287,6 +295,8 @@ export class StorageArray implements StorageArrayApi {
     if (this.#closed) return;
     clearInterval(this.#commitTimer);
     try {
+      // Jobs stop first (their rows stay resumable), so their last writes are in the final commit.
+      await this.jobs.close();
       await this.committer.sync();
     } finally {
       this.#closed = true;

@@ -4,6 +4,9 @@
  * nothing is half-applied when it throws.
  */
 import type { BlockDevice } from '../volume/block-device.js';
+import type { JobInfo } from '../jobs/job-manager.js';
+
+export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manager.js';
 
 export type DiskKind = 'file' | 'block';
 export type VolumeAttr = 'user' | 'work';
@@ -81,7 +84,23 @@ export interface VolumeUpdateRequest {
   readOnly?: boolean;
 }
 
+/** Jobs as the front ends see them (src/jobs/job-manager.ts; kinds start jobs inside the daemon). */
+export interface JobsApi {
+  /** Every job kept, newest first. */
+  list(): JobInfo[];
+  /** NOT_FOUND for an unknown id. */
+  get(id: string): JobInfo;
+  /** Queued or running → cancelled (a running one winds down first); finished → CONFLICT. */
+  cancel(id: string): JobInfo;
+  /** Resolves when the job finishes, at timeoutMs, or when `signal` aborts, with the info then. */
+  wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobInfo>;
+}
+
 export interface StorageArrayApi {
+  readonly jobs: JobsApi;
+  /** At daemon start, after every job kind is registered: resumes (or fails) jobs a previous run left. */
+  startJobs(): void;
+
   poolShow(): PoolInfo;
   /** Adds a file (created sparse with sizeBytes when missing) or block device to the pool. */
   poolAdd(path: string, sizeBytes?: number): Promise<DiskInfo>;

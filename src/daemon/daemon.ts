@@ -74,6 +74,8 @@ async function startServices(config: DaemonConfig, paths: HomePaths, logger: Log
   for (const mediaRoot of config.mediaRoots) mkdirSync(mediaRoot, { recursive: true });
   const array = await openArray(config, logger);
   cleanups.push(() => array.close());
+  // Job kinds registered themselves while the array opened; jobs left by a previous run resume now.
+  array.startJobs();
 
   let nbdServer: NbdServer | undefined;
   const metrics = new DaemonMetrics(array, () => nbdServer?.connectionCount ?? 0);

@@ -87,4 +87,29 @@ export const LIMITS = {
 
   /** HTTP API: largest request body. */
   apiBodyBytesMax: 1 * MiB,
+  // jobs
+  /** Finished jobs kept in the store (newest first); older ones are deleted as new ones finish. */
+  jobsFinishedKeptMax: 1000,
+  /** Jobs queued or running at once; beyond it start() is refused BUSY (a runaway script, not a workload). */
+  jobsActiveMax: 256,
+  /**
+   * Jobs whose handlers run at once; the rest wait 'queued'. Every job streams data through the
+   * same pool disks, so more at once only slices the same bandwidth thinner. A handler must
+   * never wait for another job (it could be queued behind it); call the engine directly instead.
+   */
+  jobsRunningMax: 8,
+  /** Progress and checkpoints are written at most this often (each write is an fsync'ed commit). */
+  jobPersistIntervalMs: 1000,
+  /** Rate and ETA come from the progress of this last window: recent enough to follow changes, long enough to be steady. */
+  jobRateWindowMs: 10_000,
+  /** Longest long-poll (`GET /jobs/:id?waitMs=`): below the CLI's and proxies' usual idle timeouts. */
+  jobWaitMsMax: 30_000,
+  /** close() waits this long for handlers to notice the abort; a handler that ignores it is logged and left behind. */
+  jobCloseGraceMs: 30_000,
+  /** Largest checkpoint (JSON) a handler may save: it is rewritten every second; bulk state belongs in the handler's own tables. */
+  jobCheckpointBytesMax: 1 * MiB,
+  /** Largest params (JSON) a job may be started with. */
+  jobParamsBytesMax: 64 * KiB,
+  /** Longest description, in characters. */
+  jobDescriptionCharsMax: 500,
 } as const;
