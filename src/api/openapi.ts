@@ -7,8 +7,8 @@ import type { Route } from './router.js';
 const STATUS_TEXT: Record<number, string> = {
   400: 'Invalid input; `error.field` names the field.',
   401: 'Missing or wrong bearer token.',
-  404: 'No such volume or route.',
-  409: 'Conflict: the name exists, or the volume is busy or read-only.',
+  404: 'No such volume, job or route.',
+  409: 'Conflict: the name exists, the volume is busy or read-only, or the job has already finished.',
   413: 'Request body larger than the limit.',
   507: 'The pool has no space left.',
 };
@@ -33,7 +33,7 @@ export function buildOpenApiDocument(routes: readonly Route[], version: string):
     },
     servers: [{ url: 'http://127.0.0.1:7480' }],
     security: [{ bearerAuth: [] }],
-    tags: [{ name: 'pool' }, { name: 'volumes' }, { name: 'array' }, { name: 'daemon' }],
+    tags: [{ name: 'pool' }, { name: 'volumes' }, { name: 'jobs' }, { name: 'array' }, { name: 'daemon' }],
     paths,
     components: {
       securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } },
@@ -49,7 +49,8 @@ function buildOperation(route: Route): object {
     summary: route.summary,
   };
   if (route.public) operation['security'] = [];
-  if (route.params) operation['parameters'] = buildPathParameters(route.params);
+  const parameters = [...(route.params ? buildParameters(route.params, 'path') : []), ...(route.query ? buildParameters(route.query, 'query') : [])];
+  if (parameters.length > 0) operation['parameters'] = parameters;
   if (route.body) {
     operation['requestBody'] = {
       required: true,
@@ -60,12 +61,13 @@ function buildOperation(route: Route): object {
   return operation;
 }
 
-function buildPathParameters(paramsSchema: z.ZodType): object[] {
-  const objectSchema = toJsonSchema(paramsSchema, 'input');
+function buildParameters(objectZodSchema: z.ZodType, location: 'path' | 'query'): object[] {
+  const objectSchema = toJsonSchema(objectZodSchema, 'input');
   const properties = (objectSchema['properties'] ?? {}) as Record<string, JsonSchema>;
+  const required = new Set((objectSchema['required'] ?? []) as string[]);
   return Object.entries(properties).map(([name, schema]) => {
     const { description, ...rest } = schema;
-    return { name, in: 'path', required: true, description, schema: rest };
+    return { name, in: location, required: location === 'path' || required.has(name), description, schema: rest };
   });
 }
 

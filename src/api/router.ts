@@ -19,6 +19,8 @@ export interface RouteContext {
   metrics: MetricsSource | undefined;
   version: string;
   openApiDocument(): object;
+  /** Aborted when the server closes: long polls (GET /jobs/:id?waitMs=) answer at once instead of holding shutdown. */
+  closing: AbortSignal;
 }
 
 /** A handler answer that is not JSON (Prometheus text). */
@@ -52,22 +54,25 @@ interface RouteFields {
   errorStatuses: number[];
 }
 
-export interface RouteSpec<P extends z.ZodType, B extends z.ZodType> extends RouteFields {
+export interface RouteSpec<P extends z.ZodType, B extends z.ZodType, Q extends z.ZodType> extends RouteFields {
   params?: P;
   body?: B;
-  handle(input: { params: z.output<P>; body: z.output<B> }, context: RouteContext): unknown;
+  /** Query-string parameters (an object of optional fields); routes without it ignore the query. */
+  query?: Q;
+  handle(input: { params: z.output<P>; body: z.output<B>; query: z.output<Q> }, context: RouteContext): unknown;
 }
 
 /** The type-erased form kept in the table. */
 export interface Route extends RouteFields {
   params?: z.ZodType;
   body?: z.ZodType;
-  handle(input: { params: unknown; body: unknown }, context: RouteContext): unknown;
+  query?: z.ZodType;
+  handle(input: { params: unknown; body: unknown; query: unknown }, context: RouteContext): unknown;
 }
 
 /** Keeps the handler's input types tied to its schemas, then erases them for the table. */
-export function defineRoute<P extends z.ZodType = z.ZodUndefined, B extends z.ZodType = z.ZodUndefined>(
-  spec: RouteSpec<P, B>,
+export function defineRoute<P extends z.ZodType = z.ZodUndefined, B extends z.ZodType = z.ZodUndefined, Q extends z.ZodType = z.ZodUndefined>(
+  spec: RouteSpec<P, B, Q>,
 ): Route {
   return spec as unknown as Route;
 }

@@ -4,12 +4,17 @@
  */
 import { z } from 'zod';
 import { ThinError } from '../lib/errors.js';
+import { LIMITS } from '../lib/limits.js';
 import { defineRoute, TextResponse, type Route } from './router.js';
 import {
   CheckReportSchema,
   CheckRequestSchema,
   DiskInfoResponseSchema,
   HealthResponseSchema,
+  JobIdParamsSchema,
+  JobInfoSchema,
+  JobListResponseSchema,
+  JobWaitQuerySchema,
   PoolAddRequestSchema,
   PoolInfoSchema,
   VolumeCreateRequestSchema,
@@ -125,6 +130,40 @@ export const ROUTES: readonly Route[] = [
     success: { status: 204, description: 'Deleted.' },
     errorStatuses: [400, 404, 409],
     handle: ({ params }, { array }) => array.volumeDelete(params.name),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/jobs',
+    operationId: 'listJobs',
+    tag: 'jobs',
+    summary: 'Every job kept (running, queued and the most recent finished ones), newest first.',
+    success: { status: 200, description: 'The jobs.', schema: JobListResponseSchema },
+    errorStatuses: [],
+    handle: (_input, { array }) => ({ jobs: array.jobs.list() }),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/jobs/:id',
+    operationId: 'getJob',
+    tag: 'jobs',
+    summary: `One job with its progress; with waitMs, answers when it finishes or after waitMs (at most ${LIMITS.jobWaitMsMax}).`,
+    params: JobIdParamsSchema,
+    query: JobWaitQuerySchema,
+    success: { status: 200, description: 'The job.', schema: JobInfoSchema },
+    errorStatuses: [400, 404],
+    handle: ({ params, query }, { array, closing }) =>
+      query.waitMs === undefined ? array.jobs.get(params.id) : array.jobs.wait(params.id, query.waitMs, closing),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/jobs/:id/cancel',
+    operationId: 'cancelJob',
+    tag: 'jobs',
+    summary: 'Cancel a queued or running job (a running one winds down: `cancelling` until it ends "cancelled").',
+    params: JobIdParamsSchema,
+    success: { status: 200, description: 'The job after the request.', schema: JobInfoSchema },
+    errorStatuses: [400, 404, 409],
+    handle: ({ params }, { array }) => array.jobs.cancel(params.id),
   }),
   defineRoute({
     method: 'POST',

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { LIMITS } from '../lib/limits.js';
 import { isThinError } from '../lib/errors.js';
 import { parseSizeBytes } from '../lib/sizes.js';
-import type { CheckReport, DiskInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
+import type { CheckReport, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
 
 /** Volume (= NBD export) names: no slashes, spaces or leading dots, so they are safe in URLs, paths and NBD URIs. */
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -97,6 +97,24 @@ export const VolumeUpdateRequestSchema = z
     error: 'give at least one of sizeBytes, attr, readOnly',
   });
 
+export const JobIdParamsSchema = z.object({
+  id: z
+    .string({ error: requiredOr('expected a job id (a string)') })
+    .min(1)
+    .max(64)
+    .meta({ description: 'Job id, as `job list` shows it.', examples: ['job-000042'] }),
+});
+
+export const JobWaitQuerySchema = z.strictObject({
+  waitMs: z
+    .string()
+    .regex(/^\d{1,9}$/, { error: `must be a whole number of milliseconds from 0 to ${LIMITS.jobWaitMsMax}` })
+    .transform(Number)
+    .refine((waitMs) => waitMs <= LIMITS.jobWaitMsMax, { error: `must be at most ${LIMITS.jobWaitMsMax} (milliseconds)` })
+    .optional()
+    .meta({ description: `Long poll: answer when the job finishes or after this many milliseconds (at most ${LIMITS.jobWaitMsMax}), whichever is first.` }),
+});
+
 export const CheckRequestSchema = z.strictObject({
   repair: z.boolean().default(false).meta({ description: 'Return leaked extents to the pool and fix what can be fixed.' }),
 });
@@ -172,3 +190,30 @@ export const CheckReportSchema: z.ZodType<CheckReport> = z.object({
   ),
   repaired: z.number().int(),
 });
+
+const JobStateSchema = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
+
+export const JobInfoSchema: z.ZodType<JobInfo> = z.object({
+  id: z.string(),
+  kind: z.string().meta({ description: 'What the job does, e.g. "copy", "backup".' }),
+  state: JobStateSchema,
+  description: z.string(),
+  params: z.unknown().meta({ description: 'The parameters the job was started with.' }),
+  progress: z.object({
+    doneBytes: z.number().int(),
+    totalBytes: z.number().int().meta({ description: '0 while not yet known.' }),
+    rateBytesPerSec: z.number().meta({ description: 'Over the last seconds (a moving window); 0 when not running.' }),
+    etaSeconds: z.number().nullable().meta({ description: 'null while unknown.' }),
+  }),
+  result: z.unknown().optional().meta({ description: 'On success: what the job produced.' }),
+  error: z
+    .object({ code: z.string(), message: z.string() })
+    .optional()
+    .meta({ description: 'When failed or cancelled. Codes: those of errors, plus INTERRUPTED (the daemon stopped and the job cannot resume) and CANCELLED.' }),
+  createdAt: z.string(),
+  startedAt: z.string().optional(),
+  finishedAt: z.string().optional(),
+  cancelling: z.boolean().optional().meta({ description: 'Cancel was requested; the job is winding down.' }),
+});
+
+export const JobListResponseSchema = z.object({ jobs: z.array(JobInfoSchema).meta({ description: 'Newest first.' }) });

@@ -54,6 +54,7 @@ export class ApiServer {
   private readonly tokenDigest: Buffer;
   private readonly context: RouteContext;
   private openApiDocument: object | undefined;
+  private readonly closing = new AbortController();
 
   constructor(private readonly options: ApiServerOptions) {
     this.tokenDigest = sha256(options.token);
@@ -62,6 +63,7 @@ export class ApiServer {
       metrics: options.metrics,
       version: options.version,
       openApiDocument: () => (this.openApiDocument ??= buildOpenApiDocument(ROUTES, options.version)),
+      closing: this.closing.signal,
     };
     this.server = createServer((request, response) => void this.serve(request, response));
     // Bodies are small; a client that trickles them is not one we want to wait for.
@@ -83,6 +85,7 @@ export class ApiServer {
 
   /** Stops accepting, lets requests in progress finish, then drops idle keep-alive connections. */
   close(): Promise<void> {
+    this.closing.abort();
     return new Promise((resolve) => {
       this.server.close(() => resolve());
       this.server.closeIdleConnections();
@@ -103,7 +106,8 @@ export class ApiServer {
 
   private async dispatch(request: IncomingMessage): Promise<Answer> {
     const method = request.method ?? 'GET';
-    const pathname = new URL(request.url ?? '/', 'http://localhost').pathname;
+    const url = new URL(request.url ?? '/', 'http://localhost');
+    const pathname = url.pathname;
     const match = pathname.startsWith(API_PREFIX + '/')
       ? this.router.match(method, pathname.slice(API_PREFIX.length))
       : ({ kind: 'not-found' } as const);
@@ -119,7 +123,8 @@ export class ApiServer {
     const rawBody = route.body ? await readJsonBody(request) : undefined;
     const params = route.params ? validate(route.params, rawParams) : undefined;
     const body = route.body ? validate(route.body, rawBody) : undefined;
-    const result = await route.handle({ params, body }, this.context);
+    const query = route.query ? validate(route.query, Object.fromEntries(url.searchParams)) : undefined;
+    const result = await route.handle({ params, body, query }, this.context);
     return shapeSuccess(route, result);
   }
 
