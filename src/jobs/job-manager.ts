@@ -266,7 +266,13 @@ export class JobManager {
   wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobInfo> {
     assertSafeInteger(timeoutMs, 'timeoutMs');
     const job = this.#active.get(id);
-    if (!job || timeoutMs === 0 || signal?.aborted) return Promise.resolve(this.get(id));
+    if (!job || timeoutMs === 0 || signal?.aborted) {
+      try {
+        return Promise.resolve(this.get(id));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
     return new Promise((resolve) => {
       const done = (info: JobInfo): void => {
         clearTimeout(timer);

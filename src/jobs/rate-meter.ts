@@ -47,10 +47,22 @@ export class RateMeter {
   rateBytesPerSec(currentDoneBytes: number): number {
     const nowMs = this.#nowMs();
     this.#prune(nowMs);
-    const baseline = this.#samples[0]!;
+    const baseline = this.#baseline(nowMs - this.#windowMs);
     const elapsedMs = nowMs - baseline.atMs;
     if (elapsedMs < ELAPSED_MS_MIN) return 0;
     return Math.max(0, Math.round(((currentDoneBytes - baseline.doneBytes) * 1000) / elapsedMs));
+  }
+
+  /**
+   * The progress at the start of the window, interpolated between the samples either side of it:
+   * without that, the oldest sample (up to SAMPLE_SPACING_MS before the window) would mix a
+   * little of the previous speed into the rate.
+   */
+  #baseline(windowStartMs: number): Sample {
+    const [oldest, next] = this.#samples;
+    if (next === undefined || oldest!.atMs >= windowStartMs) return oldest!;
+    const fraction = (windowStartMs - oldest!.atMs) / (next.atMs - oldest!.atMs);
+    return { atMs: windowStartMs, doneBytes: oldest!.doneBytes + fraction * (next.doneBytes - oldest!.doneBytes) };
   }
 
   /**
