@@ -191,7 +191,7 @@ export const ROUTES: readonly Route[] = [
     path: '/metrics',
     operationId: 'getMetrics',
     tag: 'daemon',
-    summary: 'Prometheus metrics: NBD requests, bytes and latency; pool and volume usage.',
+    summary: 'Prometheus metrics: NBD requests, bytes and latency; pool and volume usage; jobs and their progress.',
     success: { status: 200, description: 'Prometheus text exposition format.', contentType: 'text/plain; version=0.0.4' },
     errorStatuses: [],
     handle: async (_input, { metrics }) => {

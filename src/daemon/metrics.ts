@@ -3,7 +3,7 @@
  * gauges are read from the array at scrape time (so they are never stale and cost nothing between scrapes).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { PoolInfo, StorageArrayApi, VolumeInfo } from '../array/types.js';
+import type { JobInfo, JobState, PoolInfo, StorageArrayApi, VolumeInfo } from '../array/types.js';
 import type { MetricsSource } from '../api/router.js';
 
 /** Latency buckets from 50 µs (page-cache read) to 10 s (a flush behind a slow disk). */
@@ -47,6 +47,7 @@ export class DaemonMetrics implements MetricsSource {
     });
     registerPoolGauges(array, registers);
     registerVolumeGauges(array, registers);
+    registerJobGauges(array, registers);
   }
 
   /** Called by the NBD server once per reply. */
@@ -98,4 +99,38 @@ function registerVolumeGauges(array: StorageArrayApi, registers: Registry[]): vo
   };
   volumeGauge('thinarray_volume_capacity_bytes', 'Volume capacity.', (volume) => volume.capacityBytes);
   volumeGauge('thinarray_volume_allocated_bytes', 'Volume bytes backed by pool extents.', (volume) => volume.allocatedBytes);
+}
+
+const JOB_STATES: readonly JobState[] = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
+
+/** Job counts by state, and progress of each queued or running job (finished ones leave the scrape). */
+function registerJobGauges(array: StorageArrayApi, registers: Registry[]): void {
+  new Gauge({
+    name: 'thinarray_jobs',
+    help: 'Jobs kept by the daemon, by state (finished jobs are capped).',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const counts = new Map<JobState, number>(JOB_STATES.map((state) => [state, 0]));
+      for (const job of array.jobs.list()) counts.set(job.state, counts.get(job.state)! + 1);
+      for (const [state, count] of counts) this.set({ state }, count);
+    },
+  });
+  const jobGauge = (name: string, help: string, read: (job: JobInfo) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['job', 'kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const job of array.jobs.list()) {
+          if (job.state === 'queued' || job.state === 'running') this.set({ job: job.id, kind: job.kind }, read(job));
+        }
+      },
+    });
+  };
+  jobGauge('thinarray_job_done_bytes', 'Bytes a queued or running job has done.', (job) => job.progress.doneBytes);
+  jobGauge('thinarray_job_total_bytes', 'Bytes a queued or running job has to do (0 while unknown).', (job) => job.progress.totalBytes);
+  jobGauge('thinarray_job_rate_bytes_per_second', "A running job's rate over the last seconds.", (job) => job.progress.rateBytesPerSec);
 }

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { openStorageArray, type StorageArray } from '../../src/array/array.js';
 import { ApiServer } from '../../src/api/server.js';
+import { DaemonMetrics } from '../../src/daemon/metrics.js';
 import { thinarrayVersion } from '../../src/daemon/version.js';
 import { ThinError } from '../../src/lib/errors.js';
 import { LIMITS } from '../../src/lib/limits.js';
@@ -158,6 +159,26 @@ describe('jobs over the HTTP API and the CLI', () => {
       assert.match(again.json.error.message, /already been cancelled/);
       const wrongMethod = await call('GET', `/jobs/${id}/cancel`);
       assert.equal(wrongMethod.status, 405);
+    });
+
+    test('GET /metrics: job counts by state and the progress of running jobs', async () => {
+      const metrics = new DaemonMetrics(array, () => 0);
+      const withMetrics = new ApiServer({ array, token: TOKEN, logger: silentLogger(), metrics, version: thinarrayVersion() });
+      const url = (await withMetrics.listen('127.0.0.1', 0)).url;
+      const { id } = array.jobs.start('manual', {}, 'measured');
+      const ctx = await manual.started(manual.contexts.length + 1);
+      ctx.setTotal(8192);
+      ctx.addDone(4096);
+      const response = await fetch(`${url}/api/v1/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      const text = await response.text();
+      await withMetrics.close();
+      assert.match(text, /^thinarray_jobs\{state="running"\} 1$/m);
+      assert.match(text, /^thinarray_jobs\{state="succeeded"\} [1-9]\d*$/m);
+      assert.match(text, new RegExp(`^thinarray_job_done_bytes\\{job="${id}",kind="manual"\\} 4096$`, 'm'));
+      assert.match(text, new RegExp(`^thinarray_job_total_bytes\\{job="${id}",kind="manual"\\} 8192$`, 'm'));
+      assert.doesNotMatch(text, /thinarray_job_done_bytes\{job="[^"]+",kind="count"\}/, 'finished jobs leave the scrape');
+      array.jobs.cancel(id);
+      await array.jobs.wait(id, 10_000);
     });
 
     test('closing the server answers its long polls at once instead of holding shutdown', async () => {
