@@ -8,7 +8,7 @@
 import cliProgress from 'cli-progress';
 import type { JobInfo } from '../array/types.js';
 import type { ApiClient } from './client.js';
-import type { CliIo } from './context.js';
+import type { CliContext, CliIo } from './context.js';
 import { CliError, EXIT_CODES } from './errors.js';
 import { formatBytes, percentOf } from './format.js';
 
@@ -46,6 +46,18 @@ export async function followJob(client: ApiClient, id: string, options: FollowOp
     display?.stop(info);
   }
   return reportEnd(info, options);
+}
+
+/**
+ * What a long command (`copy create`, `backup create`…) does with the job the API answered:
+ * with --no-wait, print its id (and the JSON with --json) and return; otherwise follow it.
+ */
+export async function finishStartedJob(context: CliContext, started: JobInfo, options: { noWait?: boolean }): Promise<JobInfo> {
+  if (options.noWait) {
+    context.output(started, (info) => `started job ${info.id}: ${info.description} (follow it with: thinarray job wait ${info.id})`);
+    return started;
+  }
+  return followJob(context.api(), started.id, { json: context.json, io: context.io });
 }
 
 /** Prints how the job ended; a failed or cancelled job becomes the command's error. */

@@ -250,7 +250,8 @@ export class JobManager {
       throw new ThinError('CONFLICT', `job ${info.id} has already ${info.state === 'cancelled' ? 'been cancelled' : info.state}; only a queued or running job can be cancelled`);
     }
     if (job.state === 'queued') {
-      this.#queue.splice(this.#queue.indexOf(id), 1);
+      const queueIndex = this.#queue.indexOf(id);
+      if (queueIndex >= 0) this.#queue.splice(queueIndex, 1); // absent once close() has emptied the queue
       this.#logger.info({ job: id }, 'queued job cancelled');
       return this.#finish(job, { state: 'cancelled', error: cancelledError(id) });
     }

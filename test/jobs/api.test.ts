@@ -20,8 +20,8 @@ import { silentLogger } from '../../src/lib/log.js';
 import { MiB } from '../../src/lib/sizes.js';
 import { ApiClient } from '../../src/cli/client.js';
 import { runCli } from '../../src/cli/program.js';
-import { followJob } from '../../src/cli/progress.js';
-import type { CliIo } from '../../src/cli/context.js';
+import { finishStartedJob, followJob } from '../../src/cli/progress.js';
+import { CliContext, type CliIo } from '../../src/cli/context.js';
 import type { JobInfo } from '../../src/jobs/job-manager.js';
 import { countingKind, ManualKind, type CountParams } from './kinds.js';
 
@@ -267,6 +267,19 @@ describe('jobs over the HTTP API and the CLI', () => {
       assert.match(show.stdout, /^progress +2 KiB of 10 KiB \(20\.0%\)$/m);
       assert.deepEqual(JSON.parse((await cli(['--json', 'job', 'show', failed.id])).stdout), array.jobs.get(failed.id));
       assertOneLineError(await cli(['job', 'show', 'job-777777']), 1, /^thinarray: no job "job-777777"$/);
+    });
+
+    test('finishStartedJob: --no-wait prints the id; otherwise follows the job to its end', async () => {
+      const out: string[] = [];
+      const io: CliIo = { stdout: (text) => out.push(text), stderr: () => undefined, environment: {} };
+      const context = new CliContext({ api: baseUrl, token: TOKEN }, io);
+      const detached = array.jobs.start('count', count(5), 'detached');
+      assert.equal((await finishStartedJob(context, detached, { noWait: true })).state, detached.state);
+      assert.deepEqual(out, [`started job ${detached.id}: detached (follow it with: thinarray job wait ${detached.id})`]);
+      out.length = 0;
+      const followed = array.jobs.start('count', count(5), 'followed');
+      assert.equal((await finishStartedJob(context, followed, {})).state, 'succeeded');
+      assert.match(out[out.length - 1]!, new RegExp(`^job ${followed.id} succeeded: followed`));
     });
 
     test('followJob on a terminal draws a cli-progress bar', async () => {
