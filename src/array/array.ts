@@ -16,6 +16,9 @@ import { AllocationMap } from '../volume/allocation-map.js';
 import { Volume, type VolumeContext } from '../volume/volume.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { JobManager } from '../jobs/job-manager.js';
+import { CopyManager, type CopyHost, type CopyInfo } from '../copy/copies.js';
+import type { CopyMode } from '../copy/copy-store.js';
+import { ReadOnlyDevice } from '../volume/read-only-device.js';
 import { Committer } from './committer.js';
 import { checkArray } from './check.js';
 import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo, VolumeUpdateRequest } from './types.js';
@@ -49,13 +52,15 @@ function validateCapacity(sizeBytes: unknown, field = 'sizeBytes'): number {
   return sizeBytes;
 }
 
-export class StorageArray implements StorageArrayApi {
+export class StorageArray implements StorageArrayApi, CopyHost {
   readonly home: string;
   readonly store: MetaStore;
   readonly pool: Pool;
   readonly committer: Committer;
   /** Long operations; kinds are registered by their owners, then startJobs() resumes old ones. */
   readonly jobs: JobManager;
+  /** Point-in-time copies; constructed once the volumes are loaded. */
+  copies!: CopyManager;
   readonly #logger: Logger;
   readonly #volumes = new Map<string, Volume>();
   readonly #context: VolumeContext;
@@ -90,6 +95,8 @@ export class StorageArray implements StorageArrayApi {
         pool.addDisk(path.join(options.home, 'pool', 'disk0.img'), options.poolFileBytes ?? LIMITS.defaultPoolFileBytes);
       }
       for (const row of store.listVolumes()) array.#attachVolume(row);
+      array.copies = new CopyManager(array, options.logger.child({ component: 'copy' }));
+      array.copies.reattach();
       options.logger.info({ home: options.home, volumes: array.#volumes.size, extentBytes, extentsUsed: pool.extentsUsed }, 'array opened');
       return array;
     } catch (error) {
@@ -176,6 +183,7 @@ export class StorageArray implements StorageArrayApi {
 
   async volumeUpdate(name: string, changes: VolumeUpdateRequest): Promise<VolumeInfo> {
     const volume = this.#volume(name);
+    if (changes.sizeBytes !== undefined || changes.attr !== undefined) this.#refuseIfCopying(volume, 'resized or given another attribute');
     const update: Partial<Pick<VolumeRow, 'capacityBytes' | 'attr' | 'readOnly'>> = {};
     if (changes.sizeBytes !== undefined) {
       const capacityBytes = validateCapacity(changes.sizeBytes);
@@ -222,15 +230,26 @@ export class StorageArray implements StorageArrayApi {
    */
   async volumeDelete(name: string): Promise<void> {
     const volume = this.#volume(name);
+    this.#refuseIfCopying(volume, 'deleted');
     volume.markDeleted();
     this.#volumes.delete(name);
     for (const { extentIndex } of [...volume.map.mapped(0, Math.ceil(volume.sizeBytes / volume.extentBytes))]) {
       this.pool.free(volume.map.unmap(extentIndex));
     }
     const volumeId = volume.row.id;
-    this.committer.enqueue((store) => store.deleteVolume(volumeId));
+    this.committer.enqueue((store) => {
+      this.copies.forgetVolume(volumeId);
+      store.deleteVolume(volumeId);
+    });
     await this.committer.sync();
     this.#logger.info({ volume: name }, 'volume deleted');
+  }
+
+  #refuseIfCopying(volume: Volume, what: string): void {
+    const session = this.copies.busyWith(volume);
+    if (session) {
+      throw new ThinError('BUSY', `volume ${volume.name} cannot be ${what}: copy ${session.row.id} (job ${session.row.jobId ?? '?'}) depends on it; wait for it or cancel the job`);
+    }
   }
 
   #volume(name: string): Volume {
@@ -261,6 +280,7 @@ export class StorageArray implements StorageArrayApi {
   openExport(name: string): BlockDevice | undefined {
     const volume = this.#volumes.get(name);
     if (!volume || volume.row.attr === 'work') return undefined; // working volumes are never exported
+    if (volume.row.state === 'copying') return new ReadOnlyDevice(volume, 'a copy into it is in progress');
     return volume;
   }
 
@@ -275,6 +295,48 @@ export class StorageArray implements StorageArrayApi {
 
   sync(): Promise<void> {
     return this.committer.sync();
+  }
+
+  // ---- copies (src/copy) ----------------------------------------------------------------------
+
+  copyCreate(source: string, target: string, mode: CopyMode): Promise<CopyInfo> {
+    return this.copies.create(source, target, mode, (name) => validateVolumeName(name, 'target'));
+  }
+
+  copyList(): CopyInfo[] {
+    return this.copies.list();
+  }
+
+  copyShow(idOrTarget: string, withTable: boolean): CopyInfo {
+    return this.copies.show(idOrTarget, withTable);
+  }
+
+  volumeById(id: number): Volume | undefined {
+    for (const volume of this.#volumes.values()) if (volume.row.id === id) return volume;
+    return undefined;
+  }
+
+  /** CopyHost: inserts a volume row; the caller holds the transaction and attaches it after. */
+  insertVolumeRow(name: string, capacityBytes: number, state: string): VolumeRow {
+    const row: Omit<VolumeRow, 'id'> = { name, uuid: randomUUID(), capacityBytes, attr: 'user', readOnly: false, state, createdAt: new Date().toISOString() };
+    return { ...row, id: this.store.insertVolume(row) };
+  }
+
+  attachVolume(row: VolumeRow): Volume {
+    return this.#attachVolume(row);
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    return this.volumeDelete(name);
+  }
+
+  setVolumeState(volume: Volume, state: string): void {
+    this.store.updateVolume({ ...volume.row, state });
+    volume.row.state = state;
+  }
+
+  trackWrite(write: Promise<unknown>): void {
+    this.committer.trackWrite(write);
   }
 
   startJobs(): void {

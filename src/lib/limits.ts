@@ -82,6 +82,10 @@ export const LIMITS = {
   /** Idle pooled buffers kept at most; beyond it released buffers are left to the collector. */
   pooledBuffersBytesMax: 128 * MiB,
 
+  /** Copy engine: extents per batch (one read of adjacent extents) and batches in flight: ≤ 4 MiB of buffers at 64 KiB extents. */
+  copyBatchExtentsMax: 16,
+  copyBatchesInFlightMax: 4,
+
   /** Metadata is committed at least this often even without FLUSH, bounding lost work after a crash. */
   commitIntervalMs: 1000,
 

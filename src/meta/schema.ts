@@ -72,4 +72,33 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX jobs_by_state ON jobs(state);
   `,
+  // 3: point-in-time copies and their extent lists (the seed's correspondence table).
+  `
+  CREATE TABLE copies (
+    id                     INTEGER PRIMARY KEY,
+    source_volume_id       INTEGER NOT NULL REFERENCES volumes(id),
+    target_volume_id       INTEGER NOT NULL REFERENCES volumes(id),
+    mode                   TEXT NOT NULL CHECK (mode IN ('instant', 'compact')),
+    state                  TEXT NOT NULL CHECK (state IN ('copying', 'complete', 'failed')),
+    extent_bytes           INTEGER NOT NULL,
+    source_capacity_bytes  INTEGER NOT NULL,
+    source_name            TEXT NOT NULL,
+    source_uuid            TEXT NOT NULL,
+    extent_count           INTEGER NOT NULL,   -- source extents mapped at the point in time
+    metadata_extents       INTEGER NOT NULL,   -- compact: extents of the self-describing header
+    job_id                 TEXT,
+    point_in_time          TEXT NOT NULL,
+    finished_at            TEXT
+  ) STRICT;
+
+  -- The source's logical extents mapped at the point in time, ascending, as pages of
+  -- little-endian float64 (exact integers up to 2^53). Entry i is copied to target extent
+  -- i + metadata_extents (compact) or to the same logical extent (instant).
+  CREATE TABLE copy_extent_pages (
+    copy_id     INTEGER NOT NULL REFERENCES copies(id),
+    page_index  INTEGER NOT NULL,
+    entries     BLOB NOT NULL,
+    PRIMARY KEY (copy_id, page_index)
+  ) STRICT, WITHOUT ROWID;
+  `,
 ];

@@ -45,6 +45,6 @@ export interface BlockDevice {
   flush(): Promise<void>;
   /** Hint that the range will be read soon. */
   cache(offsetBytes: number, lengthBytes: number): Promise<void>;
-  /** Runs covering [offset, offset+length) exactly, in order, adjacent runs merged. */
-  blockStatus(offsetBytes: number, lengthBytes: number): BlockStatusRun[];
+  /** Runs covering [offset, offset+length) in order, adjacent runs merged; at most maxRuns (then they cover a prefix). */
+  blockStatus(offsetBytes: number, lengthBytes: number, maxRuns?: number): BlockStatusRun[];
 }
