@@ -32,7 +32,7 @@ export class TextResponse {
 }
 
 export interface RouteSuccess {
-  status: 200 | 201 | 204;
+  status: 200 | 201 | 202 | 204;
   description: string;
   /** Response body schema (JSON); absent for 204 and for text responses. */
   schema?: z.ZodType;

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { LIMITS } from '../lib/limits.js';
 import { isThinError } from '../lib/errors.js';
 import { parseSizeBytes } from '../lib/sizes.js';
-import type { CheckReport, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
+import type { CheckReport, CopyInfo, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
 
 /** Volume (= NBD export) names: no slashes, spaces or leading dots, so they are safe in URLs, paths and NBD URIs. */
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -115,6 +115,32 @@ export const JobWaitQuerySchema = z.strictObject({
     .meta({ description: `Long poll: answer when the job finishes or after this many milliseconds (at most ${LIMITS.jobWaitMsMax}), whichever is first.` }),
 });
 
+export const CopyModeSchema = z.enum(['instant', 'compact']).meta({
+  description:
+    '"instant" keeps the source\'s capacity and addresses; "compact" packs the source\'s mapped extents in logical order behind a self-describing header (docs/compact-copy.md).',
+});
+
+export const CopyCreateRequestSchema = z.strictObject({
+  source: VolumeNameSchema.meta({ description: 'The volume to copy.', examples: ['vm1-disk0'] }),
+  target: VolumeNameSchema.meta({ description: 'Name of the new volume that becomes the copy (must not exist).', examples: ['vm1-disk0-snap'] }),
+  mode: CopyModeSchema.default('instant'),
+});
+
+export const CopyIdParamsSchema = z.object({
+  id: z
+    .string({ error: requiredOr('expected a copy id or a target volume name (a string)') })
+    .regex(/^(\d{1,15}|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$/, { error: 'must be a copy id (digits) or a target volume name' })
+    .meta({ description: 'Copy id (digits, as `copy list` shows it) or the name of its target volume.', examples: ['1', 'vm1-disk0-snap'] }),
+});
+
+export const CopyShowQuerySchema = z.strictObject({
+  table: z
+    .enum(['true', 'false'], { error: 'must be true or false' })
+    .transform((text) => text === 'true')
+    .optional()
+    .meta({ description: 'Add the correspondence table (X_i → source extent A_j).' }),
+});
+
 export const CheckRequestSchema = z.strictObject({
   repair: z.boolean().default(false).meta({ description: 'Return leaked extents to the pool and fix what can be fixed.' }),
 });
@@ -190,6 +216,38 @@ export const CheckReportSchema: z.ZodType<CheckReport> = z.object({
   ),
   repaired: z.number().int(),
 });
+
+export const CopyInfoSchema: z.ZodType<CopyInfo> = z
+  .object({
+    id: z.number().int(),
+    source: z.string().meta({ description: 'Source volume name at the point in time.' }),
+    target: z.string().meta({ description: 'Target volume name ("(deleted)" once it is gone).' }),
+    mode: CopyModeSchema,
+    state: z.enum(['copying', 'complete', 'failed']).meta({
+      description: '"copying": logically complete, physical copy running (target exported read-only); "complete": an ordinary, independent volume.',
+    }),
+    pointInTime: z.string(),
+    finishedAt: z.string().nullable(),
+    jobId: z.string().nullable().meta({ description: 'The background copy job (see /jobs/{id}).' }),
+    extentBytes: z.number().int(),
+    sourceCapacityBytes: z.number().int(),
+    extentCount: z.number().int().meta({ description: 'Source extents mapped at the point in time: what the copy holds.' }),
+    metadataExtents: z.number().int().meta({ description: 'Compact copies: extents taken by the header and table before X_1 (0 for instant copies).' }),
+    targetCapacityBytes: z.number().int().meta({ description: 'instant: the source capacity; compact: (metadataExtents + extentCount) × extentBytes.' }),
+    correspondence: z
+      .array(
+        z.object({
+          x: z.number().int().meta({ description: 'X_i, 1-based: the i-th data extent of the copy.' }),
+          sourceExtent: z.number().int().meta({ description: 'A_j: the source logical extent it holds.' }),
+          sourceOffsetBytes: z.number().int(),
+        }),
+      )
+      .optional()
+      .meta({ description: 'With ?table=true only.' }),
+  })
+  .meta({ id: 'CopyInfo' });
+
+export const CopyListResponseSchema = z.object({ copies: z.array(CopyInfoSchema).meta({ description: 'Oldest first.' }) });
 
 const JobStateSchema = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
 

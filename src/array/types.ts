@@ -5,8 +5,13 @@
  */
 import type { BlockDevice } from '../volume/block-device.js';
 import type { JobInfo } from '../jobs/job-manager.js';
+import type { CopyInfo } from '../copy/copies.js';
 
 export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manager.js';
+export type { CopyInfo } from '../copy/copies.js';
+
+/** instant: the source's capacity and addresses; compact: the used extents packed behind a header. */
+export type CopyMode = CopyInfo['mode'];
 
 export type DiskKind = 'file' | 'block';
 export type VolumeAttr = 'user' | 'work';
@@ -119,6 +124,18 @@ export interface StorageArrayApi {
   volumeDelete(name: string): Promise<void>;
   volumeSetAttr(name: string, attr: VolumeAttr): Promise<VolumeInfo>;
   volumeSetReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo>;
+
+  /**
+   * Point-in-time copy of `source` into a new volume `target`: logically complete when this
+   * resolves (the target reads as the point in time at once); the physical copy runs as the job
+   * `jobId`. Refused up front: an existing target (ALREADY_EXISTS), a busy source (BUSY), a pool
+   * that cannot hold the copy (NO_SPACE).
+   */
+  copyCreate(source: string, target: string, mode: CopyMode): Promise<CopyInfo>;
+  /** Every copy kept (running, complete, failed), oldest first. */
+  copyList(): CopyInfo[];
+  /** A copy by id (digits) or by target volume name; withTable adds the correspondence table. */
+  copyShow(idOrTarget: string, withTable: boolean): CopyInfo;
 
   /** The device NBD serves for an export name (= volume name); undefined when there is none. */
   openExport(name: string): BlockDevice | undefined;

@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { isThinError } from '../lib/errors.js';
 import { thinarrayVersion } from '../daemon/version.js';
 import { registerCheckCommand } from './commands/check.js';
+import { registerCopyCommands } from './commands/copy.js';
 import { registerJobCommands } from './commands/job.js';
 import { registerOpenApiCommand } from './commands/openapi.js';
 import { registerPoolCommands } from './commands/pool.js';
@@ -35,6 +36,7 @@ export function buildProgram(io: CliIo): Command {
   registerServeCommand(program, io);
   registerPoolCommands(program, io);
   registerVolumeCommands(program, io);
+  registerCopyCommands(program, io);
   registerJobCommands(program, io);
   registerCheckCommand(program, io);
   registerOpenApiCommand(program, io);
