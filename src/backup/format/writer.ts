@@ -1,0 +1,224 @@
+/**
+ * Writes a backup stream strictly sequentially: preamble, header frames, one DATA frame per
+ * extent in copy order, trailer. Bytes are staged into a few fixed-size buffers that are reused,
+ * so memory stays bounded and the medium sees large writes of one size (what a tape wants).
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { ThinError } from '../../lib/errors.js';
+import { assert } from '../../lib/assert.js';
+import type { MediumWriter } from '../media/medium.js';
+import { BACKUP_LIMITS } from './limits.js';
+import { countsOf, findHeaderProblem, recordBytesFor, renderHeadPayload, type BackupHeaderFields } from './header.js';
+import {
+  CORRESPONDENCE_ENTRY_BYTES, DIGEST_ALGORITHM, FRAME_HEADER_BYTES, RUN_BYTES, TAG, TRAILER,
+  crc32, renderFrameHeader, renderPreamble, writeU64, type FrameTag,
+} from './layout.js';
+
+/** What finish() reports: the numbers a catalog entry keeps. */
+export interface BackupStreamSummary {
+  recordCount: number;
+  dataBytes: number;
+  /** Every byte of the stream, trailer included. */
+  streamBytes: number;
+  /** SHA-256 (hex) of every byte before the trailer, as stored in the trailer. */
+  digestHex: string;
+}
+
+interface Dispatched {
+  buffer: Buffer;
+  done: Promise<void>;
+}
+
+export class BackupStreamWriter {
+  // Set at creation, never changed.
+  readonly #medium: MediumWriter;
+  readonly #fields: BackupHeaderFields;
+  readonly #expectedDataBytes: number;
+  readonly #mappedExtentCount: number;
+  readonly #frameHeader = Buffer.alloc(FRAME_HEADER_BYTES);
+
+  // Changes during the run.
+  #state: 'new' | 'data' | 'finished' | 'failed' = 'new';
+  #recordsWritten = 0;
+  #dataBytesWritten = 0;
+  /** Stream bytes staged so far (the stream offset of the next byte). */
+  #streamBytes = 0;
+  /** Digest of everything before the trailer; fed as staging buffers go out. */
+  readonly #streamDigest: Hash = createHash(DIGEST_ALGORITHM);
+  /** Digest of the header bytes (preamble through CORR) for HEND; null once the header is written. */
+  #headerDigest: Hash | null = createHash(DIGEST_ALGORITHM);
+  #streamDigestClosed = false;
+  #staging: Buffer;
+  #stagedBytes = 0;
+  /** Bytes of #staging already fed to #streamDigest. */
+  #hashedBytes = 0;
+  readonly #inFlight: Dispatched[] = [];
+  #failure: unknown = null;
+
+  constructor(medium: MediumWriter, fields: BackupHeaderFields) {
+    const problem = findHeaderProblem(fields);
+    if (problem) throw new ThinError('INVALID_ARGUMENT', `backup header: ${problem}`);
+    this.#medium = medium;
+    this.#fields = fields;
+    const counts = countsOf(fields);
+    this.#expectedDataBytes = counts.dataBytes;
+    this.#mappedExtentCount = counts.mappedExtentCount;
+    this.#staging = Buffer.allocUnsafeSlow(BACKUP_LIMITS.writeChunkBytes);
+  }
+
+  get recordsWritten(): number {
+    return this.#recordsWritten;
+  }
+
+  /** Stream bytes produced so far (staged; the medium's bytesWritten trails it by at most the buffers in flight). */
+  get streamBytes(): number {
+    return this.#streamBytes;
+  }
+
+  /** Preamble, HEAD, the allocation map, the correspondence table and HEND. */
+  async writeHeader(): Promise<void> {
+    this.#expectState('new', 'writeHeader');
+    await this.#guard(async () => {
+      await this.#append(renderPreamble());
+      const counts = { mappedExtentCount: this.#mappedExtentCount, dataBytes: this.#expectedDataBytes };
+      await this.#appendFrame(TAG.head, renderHeadPayload(this.#fields, counts), 0, 0);
+      await this.#appendTable(TAG.allocationMap, this.#fields.allocationRuns, 2, BACKUP_LIMITS.runsPerFrameMax, RUN_BYTES);
+      await this.#appendTable(TAG.correspondence, this.#fields.correspondence, 1, BACKUP_LIMITS.correspondencePerFrameMax, CORRESPONDENCE_ENTRY_BYTES);
+      const headerBytes = this.#streamBytes;
+      const headerDigest = this.#headerDigest!.digest();
+      this.#headerDigest = null;
+      await this.#appendFrame(TAG.headerEnd, headerDigest, headerBytes, 0);
+      this.#state = 'data';
+    });
+  }
+
+  /**
+   * Appends the next record. `sourceExtent` must be the next entry of the correspondence table and
+   * `data` exactly its length. Resolves once `data` has been copied: the caller may reuse it.
+   */
+  async writeExtent(sourceExtent: number, data: Uint8Array): Promise<void> {
+    this.#expectState('data', 'writeExtent');
+    const index = this.#recordsWritten;
+    const table = this.#fields.correspondence;
+    if (index >= table.length) throw new ThinError('INVALID_ARGUMENT', `writeExtent: the header announced ${table.length} records; this would be record ${index}`);
+    if (table[index] !== sourceExtent) throw new ThinError('INVALID_ARGUMENT', `writeExtent: record ${index} is source extent ${table[index]} in the correspondence table, not ${sourceExtent}`);
+    const expectedBytes = recordBytesFor(sourceExtent, this.#fields.sourceCapacityBytes, this.#fields.extentBytes);
+    if (data.length !== expectedBytes) throw new ThinError('INVALID_ARGUMENT', `writeExtent: record ${index} (source extent ${sourceExtent}) must be ${expectedBytes} bytes, got ${data.length}`);
+    await this.#guard(async () => {
+      renderFrameHeader(this.#frameHeader, 0, TAG.data, data.length, index, sourceExtent, crc32(data));
+      await this.#append(this.#frameHeader);
+      await this.#append(data);
+      this.#recordsWritten++;
+      this.#dataBytesWritten += data.length;
+    });
+  }
+
+  /** Trailer, then waits for the medium and closes it (durable where the medium can be). */
+  async finish(): Promise<BackupStreamSummary> {
+    this.#expectState('data', 'finish');
+    const announced = this.#fields.correspondence.length;
+    if (this.#recordsWritten !== announced) throw new ThinError('INVALID_ARGUMENT', `finish: the header announced ${announced} records, ${this.#recordsWritten} were written`);
+    assert(this.#dataBytesWritten === this.#expectedDataBytes, 'data bytes written match the header');
+    return await this.#guard(async () => {
+      this.#streamDigest.update(this.#staging.subarray(this.#hashedBytes, this.#stagedBytes));
+      this.#hashedBytes = this.#stagedBytes;
+      this.#streamDigestClosed = true;
+      const digest = this.#streamDigest.digest();
+      const streamBytesBeforeTrailer = this.#streamBytes;
+      const payload = Buffer.alloc(TRAILER.payloadBytes);
+      writeU64(payload, this.#recordsWritten, TRAILER.recordCount);
+      writeU64(payload, this.#dataBytesWritten, TRAILER.dataBytes);
+      writeU64(payload, streamBytesBeforeTrailer, TRAILER.streamBytesBeforeTrailer);
+      digest.copy(payload, TRAILER.digest);
+      await this.#appendFrame(TAG.trailer, payload, 0, 0);
+      await this.#dispatch(false);
+      await Promise.all(this.#inFlight.map((d) => d.done));
+      this.#throwIfFailed();
+      await this.#medium.close();
+      this.#state = 'finished';
+      return { recordCount: this.#recordsWritten, dataBytes: this.#dataBytesWritten, streamBytes: this.#streamBytes, digestHex: digest.toString('hex') };
+    });
+  }
+
+  /** Gives up: the medium is closed with what it has (a reader reports the stream truncated). */
+  async abort(): Promise<void> {
+    if (this.#state === 'finished') return;
+    this.#state = 'failed';
+    await Promise.all(this.#inFlight.map((d) => d.done));
+    await this.#medium.abort();
+  }
+
+  #expectState(state: 'new' | 'data', operation: string): void {
+    if (this.#state === 'failed') throw new ThinError('IO_ERROR', `${operation}: the backup stream to ${this.#medium.description} has already failed`, { cause: this.#failure });
+    if (this.#state !== state) throw new ThinError('INVALID_ARGUMENT', `${operation}: not allowed now (stream state ${this.#state})`);
+  }
+
+  /** Any failure while bytes are half-staged leaves the stream unusable: mark it so. */
+  async #guard<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      this.#state = 'failed';
+      this.#failure ??= error;
+      throw error;
+    }
+  }
+
+  async #appendFrame(tag: FrameTag, payload: Buffer, arg0: number, arg1: number): Promise<void> {
+    renderFrameHeader(this.#frameHeader, 0, tag, payload.length, arg0, arg1, crc32(payload));
+    await this.#append(this.#frameHeader);
+    await this.#append(payload);
+  }
+
+  /** A table (runs: 2 numbers per entry; correspondence: 1) as frames of at most `perFrame` entries of u64s. */
+  async #appendTable(tag: FrameTag, values: ArrayLike<number>, numbersPerEntry: number, perFrame: number, entryBytes: number): Promise<void> {
+    const entryCount = values.length / numbersPerEntry;
+    const payload = Buffer.alloc(perFrame * entryBytes);
+    for (let first = 0; first < entryCount; first += perFrame) {
+      const count = Math.min(perFrame, entryCount - first);
+      for (let n = 0; n < count * numbersPerEntry; n++) writeU64(payload, values[first * numbersPerEntry + n]!, n * 8);
+      await this.#appendFrame(tag, payload.subarray(0, count * entryBytes), first, count);
+    }
+  }
+
+  /** Copies `bytes` into the staging buffers, sending each one to the medium as it fills. */
+  async #append(bytes: Uint8Array): Promise<void> {
+    this.#headerDigest?.update(bytes);
+    let copied = 0;
+    while (copied < bytes.length) {
+      const take = Math.min(bytes.length - copied, this.#staging.length - this.#stagedBytes);
+      this.#staging.set(bytes.subarray(copied, copied + take), this.#stagedBytes);
+      this.#stagedBytes += take;
+      copied += take;
+      if (this.#stagedBytes === this.#staging.length) await this.#dispatch(true);
+    }
+    this.#streamBytes += bytes.length;
+  }
+
+  /** Hands the staged bytes to the medium and takes a free staging buffer (waiting for the oldest write when all are in flight). */
+  async #dispatch(needNext: boolean): Promise<void> {
+    if (!this.#streamDigestClosed) this.#streamDigest.update(this.#staging.subarray(this.#hashedBytes, this.#stagedBytes));
+    if (this.#stagedBytes > 0) {
+      const buffer = this.#staging;
+      const done = this.#medium.write(buffer.subarray(0, this.#stagedBytes)).catch((error: unknown) => {
+        this.#failure ??= error;
+      });
+      this.#inFlight.push({ buffer, done });
+    }
+    this.#stagedBytes = 0;
+    this.#hashedBytes = 0;
+    if (!needNext) return;
+    if (this.#inFlight.length < BACKUP_LIMITS.writeChunksInFlightMax) {
+      this.#staging = Buffer.allocUnsafeSlow(BACKUP_LIMITS.writeChunkBytes);
+    } else {
+      const oldest = this.#inFlight.shift()!;
+      await oldest.done;
+      this.#staging = oldest.buffer;
+    }
+    this.#throwIfFailed();
+  }
+
+  #throwIfFailed(): void {
+    if (this.#failure !== null) throw this.#failure;
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * What a backup is written to and read from: a strictly sequential byte stream. Nothing here
+ * seeks or rewrites, so the same code drives a plain file, a FIFO, a tape character device and
+ * a set of cartridge files.
+ */
+import path from 'node:path';
+import { ThinError } from '../../lib/errors.js';
+
+export interface MediumWriter {
+  /** For messages: "file:/path", "dir:/path (cartridge 3)". */
+  readonly description: string;
+  /** Bytes the medium has written (stream bytes, cartridge labels not counted). */
+  readonly bytesWritten: number;
+  /**
+   * Appends `chunk`. Resolves once the medium has written it: only then may the caller reuse the
+   * buffer. A caller bounds its memory by bounding the writes it has in flight (backpressure).
+   */
+  write(chunk: Buffer): Promise<void>;
+  /** Waits for every write, makes the data durable where the medium can (fsync of files), closes. */
+  close(): Promise<void>;
+  /** Stops without completing: closes and leaves what was written (a reader then sees a truncated stream). */
+  abort(): Promise<void>;
+}
+
+export interface MediumReader {
+  readonly description: string;
+  /** Stream bytes returned so far (cartridge labels not counted). */
+  readonly bytesRead: number;
+  /** The next bytes of the stream, a buffer the caller may keep; null at the end. */
+  read(): Promise<Buffer | null>;
+  close(): Promise<void>;
+}
+
+/**
+ * A medium named on the command line. `-` is the CLI's stdout/stdin (through the API, not
+ * server-free) and `volume:NAME` a backup region inside the array (seed 003): both are types only
+ * here, implemented by the layers that own them.
+ */
+export type Medium =
+  | { kind: 'file'; path: string }
+  | { kind: 'dir'; path: string }
+  | { kind: 'stdio' }
+  | { kind: 'volume'; name: string };
+
+/** Parses "file:PATH", "dir:PATH", "volume:NAME" or "-". Relative paths are taken from `baseDir` (default: the cwd). */
+export function parseMedium(text: string, options: { baseDir?: string; field?: string } = {}): Medium {
+  const field = options.field ?? 'medium';
+  if (text === '-') return { kind: 'stdio' };
+  const match = /^(file|dir|volume):(.*)$/s.exec(text);
+  if (!match) throw new ThinError('INVALID_ARGUMENT', `${field}: "${text}" is not a medium (expected file:PATH, dir:PATH, volume:NAME or -)`, { field });
+  const kind = match[1] as 'file' | 'dir' | 'volume';
+  const rest = match[2]!;
+  if (rest === '') throw new ThinError('INVALID_ARGUMENT', `${field}: "${text}" names no ${kind === 'volume' ? 'volume' : 'path'}`, { field });
+  if (rest.includes('\0')) throw new ThinError('INVALID_ARGUMENT', `${field}: the path contains a NUL byte`, { field });
+  if (kind === 'volume') return { kind, name: rest };
+  return { kind, path: path.resolve(options.baseDir ?? process.cwd(), rest) };
+}
+
+export function formatMedium(medium: Medium): string {
+  switch (medium.kind) {
+    case 'stdio':
+      return '-';
+    case 'volume':
+      return `volume:${medium.name}`;
+    default:
+      return `${medium.kind}:${medium.path}`;
+  }
+}
