@@ -317,8 +317,8 @@ export class StorageArray implements StorageArrayApi, CopyHost {
   }
 
   /** CopyHost: inserts a volume row; the caller holds the transaction and attaches it after. */
-  insertVolumeRow(name: string, capacityBytes: number, state: string): VolumeRow {
-    const row: Omit<VolumeRow, 'id'> = { name, uuid: randomUUID(), capacityBytes, attr: 'user', readOnly: false, state, createdAt: new Date().toISOString() };
+  insertVolumeRow(name: string, capacityBytes: number, state: string, attr: 'user' | 'work'): VolumeRow {
+    const row: Omit<VolumeRow, 'id'> = { name, uuid: randomUUID(), capacityBytes, attr, readOnly: false, state, createdAt: new Date().toISOString() };
     return { ...row, id: this.store.insertVolume(row) };
   }
 

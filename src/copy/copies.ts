@@ -27,7 +27,7 @@ export interface CopyHost {
   volume(name: string): Volume;
   volumeById(id: number): Volume | undefined;
   /** Inserts a target volume row inside the caller's transaction (attached only once it commits). */
-  insertVolumeRow(name: string, capacityBytes: number, state: string): VolumeRow;
+  insertVolumeRow(name: string, capacityBytes: number, state: string, attr: 'user' | 'work'): VolumeRow;
   attachVolume(row: VolumeRow): Volume;
   deleteVolume(name: string): Promise<void>;
   setVolumeState(volume: Volume, state: string): void;
@@ -91,6 +91,39 @@ export class CopyManager {
   async create(sourceName: string, targetName: string, mode: CopyMode, validateTargetName: (name: string) => string): Promise<CopyInfo> {
     if (mode !== 'instant' && mode !== 'compact') throw new ThinError('INVALID_ARGUMENT', "mode: must be 'instant' or 'compact'", { field: 'mode' });
     validateTargetName(targetName);
+    const session = await this.#setUp(sourceName, targetName, mode, 'user');
+    const row = session.row;
+    const job = this.#host.jobs.start(COPY_JOB, { copyId: row.id }, `${mode} copy of ${sourceName} to ${targetName}`);
+    this.#copies.setJob(row.id, job.id);
+    row.jobId = job.id;
+    this.#logger.info({ copy: row.id, source: sourceName, target: targetName, mode, extents: row.extentCount, job: job.id }, 'copy created');
+    return this.#info(row, false);
+  }
+
+  /**
+   * A compact point-in-time view of a volume for a backup to stream (seed 001: the compact copy
+   * whose data is then backed up sequentially). Nothing is copied in the background: the backup
+   * reads each extent once through the view, then discards it. The view is a working volume.
+   */
+  createView(sourceName: string, viewName: string): Promise<CopySession> {
+    return this.#setUp(sourceName, viewName, 'compact', 'work');
+  }
+
+  /** Drops a view (or an unfinished copy): hooks off, target volume deleted, its copy row gone. */
+  async discard(session: CopySession): Promise<void> {
+    session.detach();
+    this.#sessions.delete(session.row.id);
+    await this.#host.deleteVolume(session.target.name);
+  }
+
+  /** The session whose target is `targetName`, if one runs (views left by a crash are found this way). */
+  sessionOfTarget(targetName: string): CopySession | undefined {
+    for (const session of this.#sessions.values()) if (session.target.name === targetName) return session;
+    return undefined;
+  }
+
+  /** Validates, takes the point in time, creates the target and attaches the session (no job). */
+  async #setUp(sourceName: string, targetName: string, mode: CopyMode, attr: 'user' | 'work'): Promise<CopySession> {
     const source = this.#host.volume(sourceName);
     this.#refuseBusySource(source);
     this.#refuseExistingTarget(targetName);
@@ -105,13 +138,14 @@ export class CopyManager {
     const targetCapacityBytes = mode === 'compact' ? (metadataExtents + sourceExtents.length) * extentBytes : source.sizeBytes;
     const neededExtents = sourceExtents.length + metadataExtents;
     const freeExtents = this.#host.pool.extentsTotal - this.#host.pool.extentsUsed;
-    if (neededExtents > freeExtents) {
+    if (attr === 'user' && neededExtents > freeExtents) {
+      // A view copies nothing, so only real copies need the room up front.
       throw new ThinError('NO_SPACE', `the pool cannot hold this copy: it needs ${neededExtents} extents, ${freeExtents} are free`);
     }
     const pointInTime = new Date().toISOString();
     let targetRow: VolumeRow | undefined;
     const row = this.#host.store.transaction(() => {
-      targetRow = this.#host.insertVolumeRow(targetName, targetCapacityBytes, 'copying');
+      targetRow = this.#host.insertVolumeRow(targetName, targetCapacityBytes, 'copying', attr);
       const fields = {
         sourceVolumeId: source.row.id, targetVolumeId: targetRow.id, mode, extentBytes, sourceCapacityBytes: source.sizeBytes,
         sourceName: source.name, sourceUuid: source.row.uuid, extentCount: sourceExtents.length, metadataExtents, pointInTime,
@@ -123,12 +157,7 @@ export class CopyManager {
     const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
     session.attach();
     this.#sessions.set(row.id, session);
-    // ---- Setup done.
-    const job = this.#host.jobs.start(COPY_JOB, { copyId: row.id }, `${mode} copy of ${source.name} to ${targetName}`);
-    this.#copies.setJob(row.id, job.id);
-    row.jobId = job.id;
-    this.#logger.info({ copy: row.id, source: source.name, target: targetName, mode, extents: sourceExtents.length, job: job.id }, 'copy created');
-    return this.#info(row, false);
+    return session;
   }
 
   /** A volume is being deleted: copies that name it go with it (inside the delete's transaction). */

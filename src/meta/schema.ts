@@ -101,4 +101,34 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (copy_id, page_index)
   ) STRICT, WITHOUT ROWID;
   `,
+  // 4: the backup catalog (seed 003: management information kept in the array with each backup).
+  `
+  CREATE TABLE backups (
+    id              TEXT PRIMARY KEY,      -- bk-000001
+    number          INTEGER NOT NULL UNIQUE,
+    volume_name     TEXT NOT NULL,
+    volume_uuid     TEXT NOT NULL,
+    point_in_time   TEXT NOT NULL,
+    method          TEXT NOT NULL,         -- compact (the array's compact copy of the volume)
+    kind            TEXT NOT NULL CHECK (kind IN ('full', 'incremental')),
+    parent_id       TEXT,
+    generation      INTEGER NOT NULL,      -- 1 for a volume's first backup, then 2, 3, …
+    medium          TEXT NOT NULL,         -- file:/…, dir:/…
+    state           TEXT NOT NULL CHECK (state IN ('running', 'complete', 'failed')),
+    stream_bytes    INTEGER NOT NULL DEFAULT 0,
+    data_bytes      INTEGER NOT NULL DEFAULT 0,
+    extents         INTEGER NOT NULL DEFAULT 0,
+    capacity_bytes  INTEGER NOT NULL,
+    extent_bytes    INTEGER NOT NULL,
+    digest          TEXT,
+    labels          TEXT NOT NULL,         -- JSON array of strings
+    description     TEXT NOT NULL,
+    job_id          TEXT,
+    copied_from     TEXT,
+    error           TEXT,
+    created_at      TEXT NOT NULL,
+    finished_at     TEXT
+  ) STRICT;
+  CREATE INDEX backups_by_volume ON backups(volume_name, number);
+  `,
 ];
