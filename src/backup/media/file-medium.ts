@@ -1,0 +1,177 @@
+/**
+ * file:PATH — a plain file, a FIFO or a character device (tape), written and read strictly in
+ * order through fs streams: never a positional write, never a seek, so a FIFO or a tape works
+ * exactly like a file. A plain file is fsync'ed before close; a FIFO or a device cannot be.
+ */
+import fs from 'node:fs';
+import { ThinError } from '../../lib/errors.js';
+import { BACKUP_LIMITS } from '../format/limits.js';
+import type { MediumReader, MediumWriter } from './medium.js';
+
+type FileKind = 'file' | 'fifo' | 'char-device';
+
+/** What is at `filePath`: null when nothing is; throws for kinds a medium cannot be. */
+export async function statMediumPath(filePath: string, description: string): Promise<FileKind | null> {
+  let stats: fs.Stats;
+  try {
+    stats = await fs.promises.stat(filePath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw mediumError(error, description, 'stat');
+  }
+  if (stats.isFile()) return 'file';
+  if (stats.isFIFO()) return 'fifo';
+  if (stats.isCharacterDevice()) return 'char-device';
+  if (stats.isDirectory()) throw new ThinError('INVALID_ARGUMENT', `${description} is a directory (use dir:PATH for cartridges)`, { field: 'medium' });
+  throw new ThinError('UNSUPPORTED', `${description} is neither a file, a FIFO nor a character device`, { field: 'medium' });
+}
+
+/**
+ * Opens file:PATH for writing. An existing plain file is refused unless `overwrite` (it may be
+ * an earlier backup); a FIFO waits here until a reader opens it.
+ */
+export async function openFileWriter(filePath: string, options: { overwrite?: boolean } = {}): Promise<MediumWriter> {
+  const description = `file:${filePath}`;
+  const kind = await statMediumPath(filePath, description);
+  if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
+  // 'wx' creates a new file and fails if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
+  const flags = kind === null ? 'wx' : 'w';
+  return await SequentialFileWriter.open(filePath, description, flags, kind === null || kind === 'file');
+}
+
+export async function openFileReader(filePath: string): Promise<MediumReader> {
+  const description = `file:${filePath}`;
+  const kind = await statMediumPath(filePath, description);
+  if (kind === null) throw new ThinError('NOT_FOUND', `${description} does not exist`, { field: 'medium' });
+  return await SequentialFileReader.open(filePath, description);
+}
+
+/** One fs.WriteStream: writes in order at the current file position. */
+export class SequentialFileWriter implements MediumWriter {
+  readonly description: string;
+  readonly #stream: fs.WriteStream;
+  #bytesWritten = 0;
+  #error: ThinError | null = null;
+
+  private constructor(stream: fs.WriteStream, description: string) {
+    this.#stream = stream;
+    this.description = description;
+    stream.on('error', (error) => {
+      this.#error ??= mediumError(error, description, 'write');
+    });
+  }
+
+  static async open(filePath: string, description: string, flags: string, fsyncOnClose: boolean): Promise<SequentialFileWriter> {
+    // No `start`: fs streams then write at the current position (write(2), not pwrite(2)), which a FIFO needs.
+    const stream = fs.createWriteStream(filePath, { flags, flush: fsyncOnClose, highWaterMark: BACKUP_LIMITS.writeChunkBytes });
+    await new Promise<void>((resolve, reject) => {
+      stream.once('ready', resolve);
+      stream.once('error', (error) => reject(mediumError(error, description, 'open')));
+    });
+    return new SequentialFileWriter(stream, description);
+  }
+
+  get bytesWritten(): number {
+    return this.#bytesWritten;
+  }
+
+  write(chunk: Buffer): Promise<void> {
+    if (this.#error) return Promise.reject(this.#error);
+    return new Promise((resolve, reject) => {
+      this.#stream.write(chunk, (error) => {
+        if (error) return reject(this.#error ?? mediumError(error, this.description, 'write'));
+        this.#bytesWritten += chunk.length;
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#error) {
+      await this.abort();
+      throw this.#error;
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.#stream.once('close', () => (this.#error ? reject(this.#error) : resolve()));
+      this.#stream.end();
+    });
+  }
+
+  async abort(): Promise<void> {
+    if (this.#stream.closed) return;
+    await new Promise<void>((resolve) => {
+      this.#stream.once('close', () => resolve());
+      this.#stream.destroy();
+    });
+  }
+}
+
+/** One fs.ReadStream, read in order with a large read-ahead (see BACKUP_LIMITS.readChunkBytes). */
+export class SequentialFileReader implements MediumReader {
+  readonly description: string;
+  readonly #stream: fs.ReadStream;
+  readonly #chunks: AsyncIterator<Buffer>;
+  #bytesRead = 0;
+
+  private constructor(stream: fs.ReadStream, description: string) {
+    this.#stream = stream;
+    this.description = description;
+    this.#chunks = stream[Symbol.asyncIterator]();
+  }
+
+  static async open(filePath: string, description: string): Promise<SequentialFileReader> {
+    const stream = fs.createReadStream(filePath, { highWaterMark: BACKUP_LIMITS.readChunkBytes });
+    await new Promise<void>((resolve, reject) => {
+      stream.once('ready', resolve);
+      stream.once('error', (error) => reject(mediumError(error, description, 'open')));
+    });
+    return new SequentialFileReader(stream, description);
+  }
+
+  get bytesRead(): number {
+    return this.#bytesRead;
+  }
+
+  async read(): Promise<Buffer | null> {
+    let next: IteratorResult<Buffer>;
+    try {
+      next = await this.#chunks.next();
+    } catch (error) {
+      throw mediumError(error, this.description, 'read');
+    }
+    if (next.done) return null;
+    this.#bytesRead += next.value.length;
+    return next.value;
+  }
+
+  async close(): Promise<void> {
+    if (this.#stream.closed) return;
+    await new Promise<void>((resolve) => {
+      this.#stream.once('close', () => resolve());
+      this.#stream.destroy();
+    });
+  }
+}
+
+/** An fs error as a ThinError that says which medium and what was being done. */
+export function mediumError(error: unknown, description: string, operation: string): ThinError {
+  if (error instanceof ThinError) return error;
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const detail = error instanceof Error ? error.message : String(error);
+  switch (code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new ThinError('NO_SPACE', `${description}: the medium is full (${operation})`, { cause: error });
+    case 'EPIPE':
+      return new ThinError('IO_ERROR', `${description}: the reader went away (${operation}: broken pipe)`, { cause: error });
+    case 'ENOENT':
+      return new ThinError('NOT_FOUND', `${description}: ${detail}`, { cause: error, field: 'medium' });
+    case 'EEXIST':
+      return new ThinError('ALREADY_EXISTS', `${description} already exists`, { cause: error, field: 'medium' });
+    case 'EACCES':
+    case 'EPERM':
+      return new ThinError('INVALID_ARGUMENT', `${description}: permission denied (${operation})`, { cause: error, field: 'medium' });
+    default:
+      return new ThinError('IO_ERROR', `${description}: ${operation} failed: ${detail}`, { cause: error });
+  }
+}
