@@ -19,12 +19,15 @@ import { JobManager } from '../jobs/job-manager.js';
 import { CopyManager, type CopyHost, type CopyInfo } from '../copy/copies.js';
 import type { CopyMode } from '../copy/copy-store.js';
 import { ReadOnlyDevice } from '../volume/read-only-device.js';
+import { BackupManager, type BackupHost } from '../backup/backups.js';
 import { Committer } from './committer.js';
 import { checkArray } from './check.js';
 import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo, VolumeUpdateRequest } from './types.js';
 
 export interface OpenOptions {
   home: string;
+  /** Directories backups may be written to and read from (`serve --media-root`); default <home>/media. */
+  mediaRoots?: string[];
   logger: Logger;
   /** Size of the sparse pool file created on first start when the pool has no disk. */
   poolFileBytes?: number;
@@ -52,7 +55,7 @@ function validateCapacity(sizeBytes: unknown, field = 'sizeBytes'): number {
   return sizeBytes;
 }
 
-export class StorageArray implements StorageArrayApi, CopyHost {
+export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
   readonly home: string;
   readonly store: MetaStore;
   readonly pool: Pool;
@@ -61,6 +64,8 @@ export class StorageArray implements StorageArrayApi, CopyHost {
   readonly jobs: JobManager;
   /** Point-in-time copies; constructed once the volumes are loaded. */
   copies!: CopyManager;
+  /** Backups, the catalog and restores; constructed after the copies. */
+  backups!: BackupManager;
   readonly #logger: Logger;
   readonly #volumes = new Map<string, Volume>();
   readonly #context: VolumeContext;
@@ -97,6 +102,8 @@ export class StorageArray implements StorageArrayApi, CopyHost {
       for (const row of store.listVolumes()) array.#attachVolume(row);
       array.copies = new CopyManager(array, options.logger.child({ component: 'copy' }));
       array.copies.reattach();
+      array.backups = new BackupManager(array, options.logger.child({ component: 'backup' }), options.mediaRoots ?? [path.join(options.home, 'media')]);
+      await array.backups.recover();
       options.logger.info({ home: options.home, volumes: array.#volumes.size, extentBytes, extentsUsed: pool.extentsUsed }, 'array opened');
       return array;
     } catch (error) {
@@ -337,6 +344,25 @@ export class StorageArray implements StorageArrayApi, CopyHost {
 
   trackWrite(write: Promise<unknown>): void {
     this.committer.trackWrite(write);
+  }
+
+  // ---- backups (src/backup) -------------------------------------------------------------------
+
+  hasVolume(name: string): boolean {
+    return this.#volumes.has(name);
+  }
+
+  async createVolumeForRestore(name: string, capacityBytes: number): Promise<Volume> {
+    await this.volumeCreate({ name, sizeBytes: capacityBytes });
+    return this.#volume(name);
+  }
+
+  setVolumeCapacity(volume: Volume, capacityBytes: number): void {
+    this.#updateRow(volume, { capacityBytes });
+  }
+
+  isBusy(volume: Volume): boolean {
+    return this.copies.busyWith(volume) !== undefined;
   }
 
   startJobs(): void {

@@ -95,6 +95,7 @@ function openArray(config: DaemonConfig, logger: Logger): Promise<StorageArrayAp
   return openStorageArray({
     home: config.home,
     logger: logger.child({ component: 'array' }),
+    mediaRoots: config.mediaRoots,
     ...(config.poolFileBytes === undefined ? {} : { poolFileBytes: config.poolFileBytes }),
     ...(config.extentBytes === undefined ? {} : { extentBytes: config.extentBytes }),
   });

@@ -1,0 +1,394 @@
+/**
+ * Server-free backup and restore (SPEC §2.C; seeds 000–003). Everything runs inside the daemon as
+ * jobs: no data passes through the CLI.
+ *
+ * backup create: a compact point-in-time view of the volume (seed 001: only the used extents,
+ * with the correspondence table) is streamed strictly sequentially to the medium, then dropped;
+ * the catalog keeps the management information (seed 003). The volume stays online throughout:
+ * extents it changes meanwhile are handed to the view (src/copy), so the stream is the point in time.
+ *
+ * restore, two methods (seed 001 FIG. 14B/14C):
+ *  - remap: each record is written once to a new physical extent, and when the whole stream has
+ *    checked out, the volume's capacity and allocation map are set from the header's tables in one
+ *    step — no second data pass, and a damaged stream leaves the volume as it was;
+ *  - writeback: each record is written to its original address in an existing volume, then the
+ *    extents unmapped at backup time are trimmed; a failure marks the volume `incomplete`.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ThinError, isThinError } from '../lib/errors.js';
+import type { Logger } from '../lib/log.js';
+import type { MetaStore } from '../meta/store.js';
+import type { Pool } from '../pool/pool.js';
+import type { Volume } from '../volume/volume.js';
+import type { JobContext, JobManager } from '../jobs/job-manager.js';
+import type { CopyManager } from '../copy/copies.js';
+import { BackupCatalog, type BackupEntry } from './catalog.js';
+import { BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
+import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
+import { openFileReader, openFileWriter } from './media/file-medium.js';
+import { openDirReader, openDirWriter } from './media/dir-medium.js';
+
+export interface BackupHost {
+  readonly store: MetaStore;
+  readonly pool: Pool;
+  readonly jobs: JobManager;
+  readonly copies: CopyManager;
+  volume(name: string): Volume;
+  hasVolume(name: string): boolean;
+  createVolumeForRestore(name: string, capacityBytes: number): Promise<Volume>;
+  setVolumeState(volume: Volume, state: string): void;
+  setVolumeCapacity(volume: Volume, capacityBytes: number): void;
+  isBusy(volume: Volume): boolean;
+  sync(): Promise<void>;
+  trackWrite(write: Promise<unknown>): void;
+}
+
+export interface BackupCreateRequest {
+  volume: string;
+  to: string;
+  mediaSizeBytes?: number;
+  labels?: string[];
+  description?: string;
+}
+
+export interface RestoreRequest {
+  /** A catalog id (bk-…) or a medium (file:…, dir:…). */
+  source: string;
+  to: string;
+  method: 'remap' | 'writeback';
+  create: boolean;
+}
+
+const BACKUP_JOB = 'backup';
+const RESTORE_JOB = 'restore';
+const VERIFY_JOB = 'verify';
+
+export class BackupManager {
+  readonly #host: BackupHost;
+  readonly #logger: Logger;
+  readonly #mediaRoots: string[];
+  readonly catalog: BackupCatalog;
+
+  constructor(host: BackupHost, logger: Logger, mediaRoots: readonly string[]) {
+    this.#host = host;
+    this.#logger = logger;
+    this.#mediaRoots = mediaRoots.map((root) => path.resolve(root));
+    this.catalog = new BackupCatalog(host.store);
+    // Streams to a FIFO or a tape cannot resume: a backup cut by a restart ends failed, clearly.
+    host.jobs.register({ name: BACKUP_JOB, resumable: false, run: (ctx, params) => this.#runBackup(ctx, params) });
+    host.jobs.register({ name: RESTORE_JOB, resumable: false, run: (ctx, params) => this.#runRestore(ctx, params) });
+    host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
+  }
+
+  /** At open: backups cut by a crash or restart end failed, and their views are dropped. */
+  async recover(): Promise<void> {
+    for (const entry of this.catalog.list().filter((backup) => backup.state === 'running')) {
+      this.catalog.fail(entry.id, 'interrupted by a restart of the daemon before it completed');
+      const view = this.#host.copies.sessionOfTarget(viewName(entry.id));
+      if (view) await this.#host.copies.discard(view);
+    }
+  }
+
+  // ---- backup create ------------------------------------------------------------------------
+
+  create(request: BackupCreateRequest): BackupEntry {
+    const volume = this.#host.volume(request.volume);
+    const medium = this.#checkedMedium(request.to, 'to');
+    const labels = request.labels ?? [];
+    if (!Array.isArray(labels) || labels.some((label) => typeof label !== 'string' || label.length > 200)) {
+      throw new ThinError('INVALID_ARGUMENT', 'labels: a list of strings of at most 200 characters', { field: 'labels' });
+    }
+    if (medium.kind === 'dir' && (request.mediaSizeBytes === undefined || request.mediaSizeBytes < 64 * 1024)) {
+      throw new ThinError('INVALID_ARGUMENT', 'mediaSizeBytes: dir: media need a cartridge size of at least 64K (--media-size)', { field: 'mediaSizeBytes' });
+    }
+    const number = this.catalog.nextNumber();
+    const id = `bk-${String(number).padStart(6, '0')}`;
+    const now = new Date().toISOString();
+    this.catalog.insert({
+      id, number, volumeName: volume.name, volumeUuid: volume.row.uuid, pointInTime: now, method: 'compact', kind: 'full', parentId: null,
+      generation: this.catalog.nextGeneration(volume.row.uuid), medium: formatMedium(medium), capacityBytes: volume.sizeBytes,
+      extentBytes: volume.extentBytes, labels, description: request.description ?? '', copiedFrom: null, createdAt: now,
+    });
+    const job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${formatMedium(medium)}`);
+    this.catalog.setJob(id, job.id);
+    return this.catalog.get(id)!;
+  }
+
+  async #runBackup(ctx: JobContext, params: unknown): Promise<unknown> {
+    const { backupId, mediaSizeBytes } = params as { backupId: string; mediaSizeBytes: number | null };
+    const entry = this.#entry(backupId);
+    let writer: BackupStreamWriter | undefined;
+    const view = await this.#host.copies.createView(entry.volumeName, viewName(backupId));
+    try {
+      const list = view.sourceExtents;
+      const medium = parseMedium(entry.medium);
+      const mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
+      writer = new BackupStreamWriter(mediumWriter, {
+        backupId, kind: 'full', sourceName: view.row.sourceName, sourceUuid: view.row.sourceUuid, sourceCapacityBytes: view.row.sourceCapacityBytes,
+        extentBytes: view.extentBytes, allocationRuns: allocationRunsFromExtents(list), correspondence: list,
+        createdAtMs: Date.parse(view.row.pointInTime), labels: entry.labels, description: entry.description,
+      });
+      ctx.setTotal(list.length * view.extentBytes);
+      await writer.writeHeader();
+      for (let i = 0; i < list.length; i++) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        const sourceExtent = list[i]!;
+        const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
+        // Read through the view: the point-in-time data, wherever it lives now.
+        const data = await view.target.read((view.row.metadataExtents + i) * view.extentBytes, view.extentBytes);
+        await writer.writeExtent(sourceExtent, data.subarray(0, length));
+        ctx.addDone(view.extentBytes);
+      }
+      const summary = await writer.finish();
+      this.catalog.complete(backupId, { streamBytes: summary.streamBytes, dataBytes: summary.dataBytes, extents: summary.recordCount, digest: summary.digestHex, pointInTime: view.row.pointInTime });
+      this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount }, 'backup complete');
+      return { backupId, streamBytes: summary.streamBytes, extents: summary.recordCount, digest: summary.digestHex };
+    } catch (error) {
+      await writer?.abort().catch(() => undefined);
+      this.catalog.fail(backupId, errorMessage(error));
+      throw error;
+    } finally {
+      await this.#host.copies.discard(view);
+    }
+  }
+
+  // ---- catalog ------------------------------------------------------------------------------
+
+  list(volume?: string): BackupEntry[] {
+    return this.catalog.list().filter((entry) => volume === undefined || entry.volumeName === volume);
+  }
+
+  show(id: string): BackupEntry {
+    return this.#entry(id);
+  }
+
+  /** Removes the catalog entry; with purgeMedia also the stream it names (file or cartridges). */
+  async delete(id: string, purgeMedia: boolean): Promise<void> {
+    const entry = this.#entry(id);
+    if (entry.state === 'running') throw new ThinError('BUSY', `backup ${id} is still running (job ${entry.jobId ?? '?'}); cancel it first`);
+    if (purgeMedia) await this.#purge(entry);
+    this.catalog.remove(id);
+  }
+
+  async #purge(entry: BackupEntry): Promise<void> {
+    const medium = this.#checkedMedium(entry.medium, 'medium');
+    if (medium.kind === 'file') {
+      const stat = await fs.promises.stat(medium.path).catch(() => undefined);
+      if (stat?.isFile()) await fs.promises.rm(medium.path);
+    } else if (medium.kind === 'dir') {
+      for (const name of await fs.promises.readdir(medium.path)) {
+        if (name.startsWith(`${entry.id}.`)) await fs.promises.rm(path.join(medium.path, name));
+      }
+    }
+  }
+
+  #entry(id: string): BackupEntry {
+    const entry = typeof id === 'string' ? this.catalog.get(id) : undefined;
+    if (!entry) throw new ThinError('NOT_FOUND', `no backup ${JSON.stringify(id)} in the catalog`, { field: 'id' });
+    return entry;
+  }
+
+  // ---- verify -------------------------------------------------------------------------------
+
+  verify(source: string): { jobId: string } {
+    const { medium, backupId } = this.#resolveSource(source);
+    const job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId }, `verify ${source}`);
+    return { jobId: job.id };
+  }
+
+  async #runVerify(ctx: JobContext, params: unknown): Promise<unknown> {
+    const { medium, backupId } = params as { medium: string; backupId: string | null };
+    const reader = await this.#openReader(parseMedium(medium), backupId ?? undefined);
+    try {
+      const stream = new BackupStreamReader(reader);
+      const header = await stream.readHeader();
+      ctx.setTotal(header.dataBytes);
+      for await (const record of stream.records()) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        ctx.addDone(record.data.length);
+      }
+      const trailer = await stream.verifyTrailer();
+      const entry = backupId ? this.catalog.get(backupId) : undefined;
+      if (entry?.digest && entry.digest !== trailer.digestHex) {
+        throw new ThinError('CORRUPT', `${medium} holds a stream whose digest ${trailer.digestHex} differs from the catalog's ${entry.digest} for ${entry.id}`);
+      }
+      return { ok: true, backupId: header.backupId, records: trailer.recordCount, dataBytes: trailer.dataBytes, streamBytes: trailer.streamBytes, digest: trailer.digestHex };
+    } finally {
+      await reader.close().catch(() => undefined);
+    }
+  }
+
+  // ---- restore ------------------------------------------------------------------------------
+
+  restore(request: RestoreRequest): { jobId: string } {
+    if (request.method !== 'remap' && request.method !== 'writeback') {
+      throw new ThinError('INVALID_ARGUMENT', "method: must be 'remap' or 'writeback'", { field: 'method' });
+    }
+    const { medium, backupId } = this.#resolveSource(request.source);
+    const exists = this.#host.hasVolume(request.to);
+    if (!exists && !request.create) throw new ThinError('NOT_FOUND', `volume ${request.to} does not exist (add --create to make it)`, { field: 'to' });
+    if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
+    if (exists && this.#host.isBusy(this.#host.volume(request.to))) {
+      throw new ThinError('BUSY', `volume ${request.to} is part of a running copy or backup; restore into it once that is done`, { field: 'to' });
+    }
+    const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, ...request }, `${request.method} restore of ${request.source} to ${request.to}`);
+    return { jobId: job.id };
+  }
+
+  async #runRestore(ctx: JobContext, params: unknown): Promise<unknown> {
+    const request = params as RestoreRequest & { medium: string; backupId: string | null };
+    const reader = await this.#openReader(parseMedium(request.medium), request.backupId ?? undefined);
+    try {
+      const stream = new BackupStreamReader(reader);
+      const header = await stream.readHeader();
+      ctx.setTotal(header.dataBytes);
+      const volume = request.create ? await this.#host.createVolumeForRestore(request.to, header.sourceCapacityBytes) : this.#host.volume(request.to);
+      if (volume.extentBytes !== header.extentBytes) {
+        throw new ThinError('UNSUPPORTED', `the backup has ${header.extentBytes}-byte extents, this pool ${volume.extentBytes}; restore with writeback into a volume of the same extent size is not possible either`);
+      }
+      if (request.method === 'remap') await this.#restoreRemap(ctx, stream, header, volume, request.create);
+      else await this.#restoreWriteback(ctx, stream, header, volume);
+      await this.#host.sync();
+      return { volume: volume.name, method: request.method, records: header.recordCount, dataBytes: header.dataBytes };
+    } finally {
+      await reader.close().catch(() => undefined);
+    }
+  }
+
+  /** FIG. 14B: data written once, sequentially, to new extents; the map is installed only when the stream checked out. */
+  async #restoreRemap(ctx: JobContext, stream: BackupStreamReader, header: BackupHeader, volume: Volume, created: boolean): Promise<void> {
+    const pool = this.#host.pool;
+    const placed: Array<{ sourceExtent: number; physicalExtent: number }> = [];
+    this.#host.setVolumeState(volume, 'restoring');
+    try {
+      for await (const record of stream.records()) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        const [physicalExtent] = pool.allocate(1);
+        placed.push({ sourceExtent: record.sourceExtent, physicalExtent: physicalExtent! });
+        const whole = Buffer.alloc(volume.extentBytes);
+        record.data.copy(whole);
+        await this.#writePhysical(physicalExtent!, whole);
+        ctx.addDone(record.data.length);
+      }
+      await stream.verifyTrailer();
+    } catch (error) {
+      for (const { physicalExtent } of placed) pool.free(physicalExtent); // never mapped: the volume is as it was
+      // An existing volume is untouched; one made for this restore never held the data: say so.
+      this.#host.setVolumeState(volume, created ? 'incomplete' : 'ready');
+      throw error;
+    }
+    // The remap itself: capacity back to the original's, every old extent out, the table in.
+    this.#host.setVolumeCapacity(volume, Math.max(volume.sizeBytes, header.sourceCapacityBytes));
+    for (const { extentIndex } of [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)]) pool.free(volume.map.unmap(extentIndex));
+    for (const { sourceExtent, physicalExtent } of placed) volume.map.map(sourceExtent, physicalExtent);
+    this.#host.setVolumeState(volume, 'ready');
+  }
+
+  /** FIG. 14C: every record to its original address, then the extents unmapped at backup time are trimmed. */
+  async #restoreWriteback(ctx: JobContext, stream: BackupStreamReader, header: BackupHeader, volume: Volume): Promise<void> {
+    if (volume.sizeBytes < header.sourceCapacityBytes) {
+      throw new ThinError('INVALID_ARGUMENT', `volume ${volume.name} (${volume.sizeBytes} bytes) is smaller than the backed-up volume (${header.sourceCapacityBytes} bytes); grow it first`, { field: 'to' });
+    }
+    this.#host.setVolumeState(volume, 'restoring');
+    try {
+      for await (const record of stream.records()) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        await volume.write(record.sourceExtent * volume.extentBytes, Buffer.from(record.data), { fua: false });
+        ctx.addDone(record.data.length);
+      }
+      await stream.verifyTrailer();
+      const mappedAtBackup = new Set(extentsOfRuns(header.allocationRuns));
+      for (const { extentIndex } of [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)]) {
+        if (mappedAtBackup.has(extentIndex)) continue;
+        const offset = extentIndex * volume.extentBytes;
+        await volume.trim(offset, Math.min(volume.extentBytes, volume.sizeBytes - offset), { fua: false });
+      }
+      this.#host.setVolumeState(volume, 'ready');
+    } catch (error) {
+      this.#host.setVolumeState(volume, 'incomplete'); // never looks good when it is not
+      throw error;
+    }
+  }
+
+  #writePhysical(physicalExtent: number, data: Buffer): Promise<void> {
+    const { fd, offsetBytes, disk } = this.#host.pool.locate(physicalExtent);
+    const write = new Promise<void>((resolve, reject) => {
+      fs.write(fd, data, 0, data.length, offsetBytes, (error) => {
+        if (error) reject(new ThinError('IO_ERROR', `restore: write to the pool failed: ${error.message}`, { cause: error }));
+        else {
+          this.#host.pool.markWritten(disk);
+          resolve();
+        }
+      });
+    });
+    this.#host.trackWrite(write);
+    return write;
+  }
+
+  // ---- media --------------------------------------------------------------------------------
+
+  /** A catalog id or a medium, with the medium checked against the media roots. */
+  #resolveSource(source: string): { medium: Medium; backupId: string | null } {
+    if (/^bk-\d+$/.test(source)) {
+      const entry = this.#entry(source);
+      if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${source} is ${entry.state}; only a complete backup can be read`);
+      return { medium: this.#checkedMedium(entry.medium, 'source'), backupId: entry.id };
+    }
+    return { medium: this.#checkedMedium(source, 'source'), backupId: null };
+  }
+
+  /** Parses a medium and refuses anything outside the daemon's media roots (symlinks resolved). */
+  #checkedMedium(text: string, field: string): Medium {
+    const medium = parseMedium(text, { field });
+    if (medium.kind === 'stdio' || medium.kind === 'volume') {
+      throw new ThinError('UNSUPPORTED', `${field}: ${text} media are not supported by this daemon yet; use file:PATH or dir:PATH`, { field });
+    }
+    const real = realPathOfNearestExisting(medium.path);
+    const allowed = this.#mediaRoots.some((root) => {
+      const realRoot = realPathOfNearestExisting(root);
+      return real === realRoot || real.startsWith(realRoot + path.sep);
+    });
+    if (!allowed) {
+      throw new ThinError('INVALID_ARGUMENT', `${field}: ${medium.path} is outside the media roots (${this.#mediaRoots.join(', ')}); start the daemon with --media-root to allow another`, { field });
+    }
+    return medium;
+  }
+
+  #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined): Promise<MediumWriter> {
+    if (medium.kind === 'file') return openFileWriter(medium.path);
+    if (medium.kind === 'dir') return openDirWriter(medium.path, { backupId, cartridgeBytes: mediaSizeBytes! });
+    throw new ThinError('UNSUPPORTED', `${formatMedium(medium)} cannot be written`);
+  }
+
+  #openReader(medium: Medium, backupId: string | undefined): Promise<MediumReader> {
+    if (medium.kind === 'file') return openFileReader(medium.path);
+    if (medium.kind === 'dir') return openDirReader(medium.path, backupId === undefined ? {} : { backupId });
+    throw new ThinError('UNSUPPORTED', `${formatMedium(medium)} cannot be read`);
+  }
+}
+
+function viewName(backupId: string): string {
+  return `${backupId}-view`;
+}
+
+function errorMessage(error: unknown): string {
+  if (isThinError(error)) return error.message;
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** realpath of the path, or of its nearest existing ancestor plus the rest (the medium may not exist yet). */
+function realPathOfNearestExisting(target: string): string {
+  let existing = path.resolve(target);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(existing), ...rest);
+    } catch {
+      const parent = path.dirname(existing);
+      if (parent === existing) return path.join(existing, ...rest);
+      rest.unshift(path.basename(existing));
+      existing = parent;
+    }
+  }
+}
