@@ -92,7 +92,8 @@ export class BackupManager {
 
   // ---- backup create ------------------------------------------------------------------------
 
-  create(request: BackupCreateRequest): BackupEntry {
+  /** Takes the point in time (the view) before it returns; the stream is then written by a job. */
+  async create(request: BackupCreateRequest): Promise<BackupEntry> {
     const volume = this.#host.volume(request.volume);
     const medium = this.#checkedMedium(request.to, 'to');
     const labels = request.labels ?? [];
@@ -110,6 +111,12 @@ export class BackupManager {
       generation: this.catalog.nextGeneration(volume.row.uuid), medium: formatMedium(medium), capacityBytes: volume.sizeBytes,
       extentBytes: volume.extentBytes, labels, description: request.description ?? '', copiedFrom: null, createdAt: now,
     });
+    try {
+      await this.#host.copies.createView(volume.name, viewName(id));
+    } catch (error) {
+      this.catalog.remove(id);
+      throw error;
+    }
     const job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${formatMedium(medium)}`);
     this.catalog.setJob(id, job.id);
     return this.catalog.get(id)!;
@@ -119,7 +126,8 @@ export class BackupManager {
     const { backupId, mediaSizeBytes } = params as { backupId: string; mediaSizeBytes: number | null };
     const entry = this.#entry(backupId);
     let writer: BackupStreamWriter | undefined;
-    const view = await this.#host.copies.createView(entry.volumeName, viewName(backupId));
+    const view = this.#host.copies.sessionOfTarget(viewName(backupId));
+    if (!view) throw new ThinError('NOT_FOUND', `the point-in-time view of backup ${backupId} is gone`);
     try {
       const list = view.sourceExtents;
       const medium = parseMedium(entry.medium);

@@ -64,7 +64,7 @@ describe('backup and restore', () => {
 
   test('full backup to a file: only used extents, catalog entry, restore by remap and by writeback', async () => {
     const pointInTime = await makeSource();
-    const entry = array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'vm.tbk')}`, labels: ['nightly'], description: 'test' });
+    const entry = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'vm.tbk')}`, labels: ['nightly'], description: 'test' });
     // The volume stays online and writable; changes after the point in time are not in the backup.
     await array.volume('vm').write(20 * MiB, pattern(EXTENT, 9), { fua: false });
     const done = await job(entry.jobId!);
@@ -95,7 +95,7 @@ describe('backup and restore', () => {
     const pointInTime = await makeSource();
     const fifo = path.join(media, 'pipe');
     execFileSync('mkfifo', [fifo]);
-    const backup = array.backups.create({ volume: 'vm', to: `file:${fifo}` });
+    const backup = await array.backups.create({ volume: 'vm', to: `file:${fifo}` });
     const restore = array.backups.restore({ source: `file:${fifo}`, to: 'copy', method: 'remap', create: true });
     const [b, r] = await Promise.all([job(backup.jobId!), job(restore.jobId)]);
     assert.equal(b.state, 'succeeded', JSON.stringify(b.error));
@@ -106,7 +106,7 @@ describe('backup and restore', () => {
   test('damage is caught by verify and restore; the target is left as it was or marked incomplete', async () => {
     await makeSource();
     const file = path.join(media, 'vm.tbk');
-    const entry = array.backups.create({ volume: 'vm', to: `file:${file}` });
+    const entry = await array.backups.create({ volume: 'vm', to: `file:${file}` });
     assert.equal((await job(entry.jobId!)).state, 'succeeded');
     const good = await job(array.backups.verify(entry.id).jobId);
     assert.equal(good.state, 'succeeded', JSON.stringify(good.error));
@@ -135,11 +135,11 @@ describe('backup and restore', () => {
 
   test('media outside the roots, unknown ids and bad methods are refused', async () => {
     await makeSource();
-    assert.throws(() => array.backups.create({ volume: 'vm', to: 'file:/etc/passwd-backup' }), { code: 'INVALID_ARGUMENT' });
-    assert.throws(() => array.backups.create({ volume: 'vm', to: `file:${media}/../escape.tbk` }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(async () => array.backups.create({ volume: 'vm', to: 'file:/etc/passwd-backup' }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(async () => array.backups.create({ volume: 'vm', to: `file:${media}/../escape.tbk` }), { code: 'INVALID_ARGUMENT' });
     fs.symlinkSync('/tmp', path.join(media, 'link'));
-    assert.throws(() => array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'link', 'x.tbk')}` }), { code: 'INVALID_ARGUMENT' });
-    assert.throws(() => array.backups.create({ volume: 'vm', to: 'tape0' }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(async () => array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'link', 'x.tbk')}` }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(async () => array.backups.create({ volume: 'vm', to: 'tape0' }), { code: 'INVALID_ARGUMENT' });
     assert.throws(() => array.backups.show('bk-999999'), { code: 'NOT_FOUND' });
     assert.throws(() => array.backups.restore({ source: 'bk-000001', to: 'x', method: 'remap', create: true }), { code: 'NOT_FOUND' });
     assert.throws(() => array.backups.restore({ source: `file:${media}/a`, to: 'vm', method: 'sideways' as 'remap', create: false }), { code: 'INVALID_ARGUMENT' });
