@@ -8,5 +8,15 @@ const exitCode = await runCli(process.argv.slice(2), {
   environment: process.env,
 });
 // Exit explicitly: after `serve` has shut down, nothing left behind (timers, sockets) may keep it alive.
-// stdout and stderr are synchronous for files and pipes on Linux, so nothing printed is lost.
+// But first let stdout and stderr drain: a pipe the parent made non-blocking is written
+// asynchronously, and exiting at once cut `--json volume show --map` of a big volume at ~200 KiB.
+await Promise.all([drained(process.stdout), drained(process.stderr)]);
 process.exit(exitCode);
+
+/** Resolves once everything written to the stream so far has been handed to the OS. */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed || !stream.writable) resolve();
+    else stream.write('', () => resolve());
+  });
+}
