@@ -7,6 +7,13 @@ import { ThinError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { defineRoute, TextResponse, type Route } from './router.js';
 import {
+  BackupCreateRequestSchema,
+  BackupDeleteQuerySchema,
+  BackupEntrySchema,
+  BackupIdParamsSchema,
+  BackupListQuerySchema,
+  BackupListResponseSchema,
+  BackupVerifyRequestSchema,
   CheckReportSchema,
   CheckRequestSchema,
   CopyCreateRequestSchema,
@@ -19,8 +26,10 @@ import {
   JobIdParamsSchema,
   JobInfoSchema,
   JobListResponseSchema,
+  JobStartedSchema,
   JobWaitQuerySchema,
   PoolAddRequestSchema,
+  RestoreRequestSchema,
   PoolInfoSchema,
   VolumeCreateRequestSchema,
   VolumeInfoSchema,
@@ -29,7 +38,7 @@ import {
   VolumeNameParamsSchema,
   VolumeUpdateRequestSchema,
 } from './schemas.js';
-import type { StorageArrayApi, VolumeAttr, VolumeInfo, VolumeUpdateRequest } from '../array/types.js';
+import type { BackupCreateRequest, StorageArrayApi, VolumeAttr, VolumeInfo, VolumeUpdateRequest } from '../array/types.js';
 
 export const API_PREFIX = '/api/v1';
 
@@ -171,6 +180,75 @@ export const ROUTES: readonly Route[] = [
     handle: ({ params, query }, { array }) => array.copyShow(params.id, query.table === true),
   }),
   defineRoute({
+    method: 'POST',
+    path: '/backups',
+    operationId: 'createBackup',
+    tag: 'backups',
+    summary:
+      'Back up a volume to a medium, server-free. The point in time is taken before this answers; the stream is written by the job `jobId`, and the entry becomes "complete" (with bytes, extents and digest) when it ends.',
+    body: BackupCreateRequestSchema,
+    success: { status: 202, description: 'The catalog entry (state "running"), with the id of its job.', schema: BackupEntrySchema },
+    errorStatuses: [400, 404, 409, 507],
+    handle: ({ body }, { array }) => array.backups.create(backupCreateRequest(body)),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/backups',
+    operationId: 'listBackups',
+    tag: 'backups',
+    summary: 'The backup catalog, oldest first; `?volume=NAME` keeps one volume\'s backups.',
+    query: BackupListQuerySchema,
+    success: { status: 200, description: 'The catalog entries.', schema: BackupListResponseSchema },
+    errorStatuses: [400],
+    handle: ({ query }, { array }) => ({ backups: array.backups.list(query.volume) }),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/backups/verify',
+    operationId: 'verifyBackup',
+    tag: 'backups',
+    summary: 'Read a backup (catalog id) or a medium to its end and check every frame, checksum and the stream digest, as the job `jobId`; the job fails naming the first damage.',
+    body: BackupVerifyRequestSchema,
+    success: { status: 202, description: 'The verify job.', schema: JobStartedSchema },
+    errorStatuses: [400, 404, 409],
+    handle: ({ body }, { array }) => array.backups.verify(body.source),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/backups/:id',
+    operationId: 'getBackup',
+    tag: 'backups',
+    summary: 'One catalog entry.',
+    params: BackupIdParamsSchema,
+    success: { status: 200, description: 'The catalog entry.', schema: BackupEntrySchema },
+    errorStatuses: [400, 404],
+    handle: ({ params }, { array }) => array.backups.show(params.id),
+  }),
+  defineRoute({
+    method: 'DELETE',
+    path: '/backups/:id',
+    operationId: 'deleteBackup',
+    tag: 'backups',
+    summary: 'Remove a catalog entry (not while its job runs); `?purgeMedia=true` also removes the backup file or its cartridges.',
+    params: BackupIdParamsSchema,
+    query: BackupDeleteQuerySchema,
+    success: { status: 204, description: 'Deleted.' },
+    errorStatuses: [400, 404, 409],
+    handle: ({ params, query }, { array }) => array.backups.delete(params.id, query.purgeMedia === true),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/restores',
+    operationId: 'restoreBackup',
+    tag: 'backups',
+    summary:
+      'Restore a backup (catalog id) or a medium into a volume by remap (new or existing volume; the map is installed once the stream checked out) or writeback (existing volume; original addresses), as the job `jobId`.',
+    body: RestoreRequestSchema,
+    success: { status: 202, description: 'The restore job.', schema: JobStartedSchema },
+    errorStatuses: [400, 404, 409],
+    handle: ({ body }, { array }) => array.backups.restore(body),
+  }),
+  defineRoute({
     method: 'GET',
     path: '/jobs',
     operationId: 'listJobs',
@@ -259,4 +337,13 @@ function updateVolume(array: StorageArrayApi, name: string, update: VolumeUpdate
   if (update.attr !== undefined) changes.attr = update.attr;
   if (update.readOnly !== undefined) changes.readOnly = update.readOnly;
   return array.volumeUpdate(name, changes);
+}
+
+/** Only the fields given: the manager tells "not given" from "given empty". */
+function backupCreateRequest(body: { volume: string; to: string; mediaSizeBytes?: number | undefined; labels?: string[] | undefined; description?: string | undefined }): BackupCreateRequest {
+  const request: BackupCreateRequest = { volume: body.volume, to: body.to };
+  if (body.mediaSizeBytes !== undefined) request.mediaSizeBytes = body.mediaSizeBytes;
+  if (body.labels !== undefined) request.labels = body.labels;
+  if (body.description !== undefined) request.description = body.description;
+  return request;
 }

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { LIMITS } from '../lib/limits.js';
 import { isThinError } from '../lib/errors.js';
 import { parseSizeBytes } from '../lib/sizes.js';
-import type { CheckReport, CopyInfo, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
+import type { BackupEntry, CheckReport, CopyInfo, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
 
 /** Volume (= NBD export) names: no slashes, spaces or leading dots, so they are safe in URLs, paths and NBD URIs. */
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -140,6 +140,73 @@ export const CopyShowQuerySchema = z.strictObject({
     .optional()
     .meta({ description: 'Add the correspondence table (X_i → source extent A_j).' }),
 });
+
+// ---- backups ----
+
+/** Catalog ids as the daemon makes them: bk- and a number. */
+const BACKUP_ID_PATTERN = /^bk-\d{1,15}$/;
+/** file:/dir: media must be absolute: the daemon's cwd means nothing to the requester (the CLI resolves relative paths). */
+const RELATIVE_MEDIUM_PATTERN = /^(file|dir):(?!\/)/;
+
+function mediumSchema(description: string) {
+  return z
+    .string({ error: requiredOr('expected a medium such as "file:/path" or "dir:/path" (a string)') })
+    .min(1, { error: 'must not be empty' })
+    .max(4096, { error: 'must be at most 4096 characters' })
+    .refine((text) => !RELATIVE_MEDIUM_PATTERN.test(text), { error: 'a file: or dir: medium needs an absolute path (file:/ABS/PATH)' })
+    .meta({ description, examples: ['file:/srv/backups/vm1.tbk', 'dir:/srv/cartridges'] });
+}
+
+export const BackupIdSchema = z
+  .string({ error: requiredOr('expected a backup id (a string)') })
+  .regex(BACKUP_ID_PATTERN, { error: 'must be a backup id such as bk-000001' })
+  .meta({ description: 'Catalog id of a backup, as `backup list` shows it.', examples: ['bk-000001'] });
+
+export const BackupIdParamsSchema = z.object({ id: BackupIdSchema });
+
+export const BackupCreateRequestSchema = z.strictObject({
+  volume: VolumeNameSchema.meta({ description: 'The volume to back up.', examples: ['vm1-disk0'] }),
+  to: mediumSchema('Where the stream goes: file:/ABS/PATH (plain file, FIFO or tape device) or dir:/ABS/DIR (cartridges; needs mediaSizeBytes). Must lie under one of the daemon\'s --media-root directories.'),
+  mediaSizeBytes: sizeSchema({ minBytes: 1, description: 'dir: media: the size of each cartridge file, label included (bytes or "1G").' }).optional(),
+  labels: z
+    .array(z.string().max(200, { error: 'must be at most 200 characters' }), { error: 'expected a list of strings' })
+    .max(32, { error: 'at most 32 labels' })
+    .optional()
+    .meta({ description: 'Free labels kept in the catalog and the stream header.', examples: [['nightly']] }),
+  description: z.string({ error: 'expected a string' }).max(4000, { error: 'must be at most 4000 characters' }).optional().meta({ description: 'Free text kept in the catalog and the stream header.' }),
+});
+
+export const BackupListQuerySchema = z.strictObject({
+  volume: VolumeNameSchema.optional().meta({ description: 'Only the backups of this volume.' }),
+});
+
+export const BackupDeleteQuerySchema = z.strictObject({
+  purgeMedia: z
+    .enum(['true', 'false'], { error: 'must be true or false' })
+    .transform((text) => text === 'true')
+    .optional()
+    .meta({ description: 'Also remove the backup file or its cartridges from the medium.' }),
+});
+
+const BackupSourceSchema = z
+  .union([BackupIdSchema, mediumSchema('')], { error: 'expected a backup id (bk-…) or a medium (file:/ABS/PATH, dir:/ABS/DIR)' })
+  .meta({ description: 'A catalog id (bk-…) or a medium (file:/ABS/PATH, dir:/ABS/DIR) under the media roots.', examples: ['bk-000001', 'file:/srv/backups/vm1.tbk'] });
+
+export const BackupVerifyRequestSchema = z.strictObject({ source: BackupSourceSchema });
+
+export const RestoreMethodSchema = z.enum(['remap', 'writeback'], { error: 'must be "remap" or "writeback"' }).meta({
+  description:
+    '"remap": the image is written once, sequentially, to new extents and the allocation map is installed from the correspondence table when the whole stream has checked out (a damaged stream leaves the volume as it was); "writeback": every extent to its original address in an existing volume, extents unmapped at backup time trimmed (a failure marks the volume "incomplete").',
+});
+
+export const RestoreRequestSchema = z.strictObject({
+  source: BackupSourceSchema,
+  to: VolumeNameSchema.meta({ description: 'The volume to restore into.', examples: ['vm1-disk0-restored'] }),
+  method: RestoreMethodSchema.default('remap'),
+  create: z.boolean({ error: 'expected true or false' }).default(false).meta({ description: 'Create the volume `to` (with the backed-up capacity); it must not exist.' }),
+});
+
+export const JobStartedSchema = z.object({ jobId: z.string().meta({ description: 'The job doing the work (see /jobs/{id}).' }) });
 
 export const CheckRequestSchema = z.strictObject({
   repair: z.boolean().default(false).meta({ description: 'Return leaked extents to the pool and fix what can be fixed.' }),
@@ -275,3 +342,34 @@ export const JobInfoSchema: z.ZodType<JobInfo> = z.object({
 });
 
 export const JobListResponseSchema = z.object({ jobs: z.array(JobInfoSchema).meta({ description: 'Newest first.' }) });
+
+export const BackupEntrySchema: z.ZodType<BackupEntry> = z
+  .object({
+    id: z.string(),
+    number: z.number().int(),
+    volumeName: z.string().meta({ description: 'The source volume, by name at backup time.' }),
+    volumeUuid: z.string(),
+    pointInTime: z.string().meta({ description: 'When the point in time was taken (ISO 8601).' }),
+    method: z.string().meta({ description: 'How the point in time was taken: "compact" (a compact point-in-time view).' }),
+    kind: z.enum(['full', 'incremental']),
+    parentId: z.string().nullable(),
+    generation: z.number().int().meta({ description: 'Per source volume, counting complete backups.' }),
+    medium: z.string().meta({ description: 'file:/ABS/PATH or dir:/ABS/DIR (cartridges <id>.0001, .0002, …).' }),
+    state: z.enum(['running', 'complete', 'failed']),
+    streamBytes: z.number().int().meta({ description: 'Bytes of the whole stream on the medium (cartridge labels not counted).' }),
+    dataBytes: z.number().int(),
+    extents: z.number().int().meta({ description: 'Data extents in the stream (the used extents at the point in time).' }),
+    capacityBytes: z.number().int(),
+    extentBytes: z.number().int(),
+    digest: z.string().nullable().meta({ description: 'SHA-256 of the stream (hex), once complete.' }),
+    labels: z.array(z.string()),
+    description: z.string(),
+    jobId: z.string().nullable().meta({ description: 'The job writing the stream (see /jobs/{id}).' }),
+    copiedFrom: z.string().nullable(),
+    error: z.string().nullable(),
+    createdAt: z.string(),
+    finishedAt: z.string().nullable(),
+  })
+  .meta({ id: 'BackupEntry' });
+
+export const BackupListResponseSchema = z.object({ backups: z.array(BackupEntrySchema).meta({ description: 'Oldest first.' }) });

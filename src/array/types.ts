@@ -6,9 +6,13 @@
 import type { BlockDevice } from '../volume/block-device.js';
 import type { JobInfo } from '../jobs/job-manager.js';
 import type { CopyInfo } from '../copy/copies.js';
+import type { BackupEntry } from '../backup/catalog.js';
+import type { BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
 
 export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manager.js';
 export type { CopyInfo } from '../copy/copies.js';
+export type { BackupEntry, BackupState } from '../backup/catalog.js';
+export type { BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
 
 /** instant: the source's capacity and addresses; compact: the used extents packed behind a header. */
 export type CopyMode = CopyInfo['mode'];
@@ -101,8 +105,28 @@ export interface JobsApi {
   wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobInfo>;
 }
 
+/**
+ * Server-free backups (src/backup/backups.ts): every data-moving call starts a job in the daemon
+ * and answers at once; media are `file:/ABS/PATH` or `dir:/ABS/PATH` under the daemon's media roots.
+ */
+export interface BackupsApi {
+  /** Takes the point in time before it resolves; the stream is written by the job `jobId`. */
+  create(request: BackupCreateRequest): Promise<BackupEntry>;
+  /** Catalog entries, oldest first; with `volume`, only that volume's. */
+  list(volume?: string): BackupEntry[];
+  /** NOT_FOUND for an unknown id. */
+  show(id: string): BackupEntry;
+  /** Removes the catalog entry; with purgeMedia also the file or cartridges it names. */
+  delete(id: string, purgeMedia: boolean): Promise<void>;
+  /** Reads a catalog id's medium, or a medium, to its end, checking everything (a job). */
+  verify(source: string): { jobId: string };
+  /** Restores a catalog id or a medium into a volume by remap or writeback (a job). */
+  restore(request: RestoreRequest): { jobId: string };
+}
+
 export interface StorageArrayApi {
   readonly jobs: JobsApi;
+  readonly backups: BackupsApi;
   /** At daemon start, after every job kind is registered: resumes (or fails) jobs a previous run left. */
   startJobs(): void;
 

@@ -6,11 +6,14 @@
 import { Command, CommanderError } from 'commander';
 import { isThinError } from '../lib/errors.js';
 import { thinarrayVersion } from '../daemon/version.js';
+import { registerBackupCommands } from './commands/backup.js';
 import { registerCheckCommand } from './commands/check.js';
 import { registerCopyCommands } from './commands/copy.js';
 import { registerJobCommands } from './commands/job.js';
+import { registerMediumCommands } from './commands/medium.js';
 import { registerOpenApiCommand } from './commands/openapi.js';
 import { registerPoolCommands } from './commands/pool.js';
+import { registerRestoreCommand } from './commands/restore.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerVolumeCommands } from './commands/volume.js';
 import type { CliIo } from './context.js';
@@ -37,6 +40,9 @@ export function buildProgram(io: CliIo): Command {
   registerPoolCommands(program, io);
   registerVolumeCommands(program, io);
   registerCopyCommands(program, io);
+  registerBackupCommands(program, io);
+  registerRestoreCommand(program, io);
+  registerMediumCommands(program, io);
   registerJobCommands(program, io);
   registerCheckCommand(program, io);
   registerOpenApiCommand(program, io);

@@ -1,0 +1,163 @@
+/**
+ * `thinarray backup create|list|show|delete|verify`: server-free backups. The daemon does the
+ * work as jobs; the CLI only names the volume and the medium, then follows the job.
+ */
+import path from 'node:path';
+import type { Command } from 'commander';
+import type { BackupEntry, JobInfo } from '../../array/types.js';
+import { CliContext, parseSizeOption, type CliIo } from '../context.js';
+import { formatBytes, formatFields, formatTable } from '../format.js';
+import { finishStartedJob, followJob } from '../progress.js';
+
+const backupPath = (id: string): string => `/backups/${encodeURIComponent(id)}`;
+const jobPath = (id: string): string => `/jobs/${encodeURIComponent(id)}`;
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/**
+ * `file:PATH` / `dir:PATH` with PATH made absolute against the CLI's cwd: the daemon runs
+ * elsewhere, so a relative path would mean something else there. Anything else (a catalog id,
+ * `-`, `volume:NAME`) goes as it is and the daemon judges it.
+ */
+export function resolveMediumArgument(text: string, cwd: string = process.cwd()): string {
+  const match = /^(file|dir):(.+)$/s.exec(text);
+  if (!match) return text;
+  return `${match[1]}:${path.resolve(cwd, match[2]!)}`;
+}
+
+export function registerBackupCommands(program: Command, io: CliIo): void {
+  const backup = program.command('backup').description('server-free backups of volumes to media (file:PATH, dir:PATH), and the catalog');
+
+  backup
+    .command('create')
+    .description('back up VOLUME to MEDIUM as of now; returns once the point in time is taken with --no-wait, else follows the job')
+    .argument('<volume>', 'the volume to back up')
+    .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root')
+    .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
+    .option('--label <text>', 'a label kept in the catalog (repeatable)', collect)
+    .option('--description <text>', 'free text kept in the catalog')
+    .option('--no-wait', 'return once the point in time is taken; print the job id instead of following it')
+    .action(async (volume: string, options: { to: string; mediaSize?: string; label?: string[]; description?: string; wait: boolean }, command: Command) => {
+      const context = CliContext.of(command, io);
+      const body = {
+        volume,
+        to: resolveMediumArgument(options.to),
+        ...(options.mediaSize === undefined ? {} : { mediaSizeBytes: parseSizeOption(options.mediaSize, '--media-size') }),
+        ...(options.label === undefined ? {} : { labels: options.label }),
+        ...(options.description === undefined ? {} : { description: options.description }),
+      };
+      const created = await context.api().post<BackupEntry>('/backups', body);
+      if (!options.wait) {
+        context.output(created, describeStarted);
+        return;
+      }
+      if (created.jobId !== null) {
+        // With --json the job's own document is held back: the command prints one, the entry.
+        const followIo: CliIo = context.json ? { ...context.io, stdout: () => undefined } : context.io;
+        await followJob(context.api(), created.jobId, { json: context.json, io: followIo });
+      }
+      context.output(await context.api().get<BackupEntry>(backupPath(created.id)), formatBackup);
+    });
+
+  backup
+    .command('list')
+    .description('the backup catalog, oldest first')
+    .argument('[volume]', 'only the backups of this volume')
+    .action(async (volume: string | undefined, _options: object, command: Command) => {
+      const context = CliContext.of(command, io);
+      const query = volume === undefined ? '' : `?volume=${encodeURIComponent(volume)}`;
+      const answer = await context.api().get<{ backups: BackupEntry[] }>(`/backups${query}`);
+      context.output(answer, ({ backups }) => formatBackupTable(backups, volume));
+    });
+
+  backup
+    .command('show')
+    .description('one catalog entry')
+    .argument('<id>', 'backup id, e.g. bk-000001')
+    .action(async (id: string, _options: object, command: Command) => {
+      const context = CliContext.of(command, io);
+      context.output(await context.api().get<BackupEntry>(backupPath(id)), formatBackup);
+    });
+
+  backup
+    .command('delete')
+    .description('remove a catalog entry; --purge-media also removes the backup file or its cartridges')
+    .argument('<id>', 'backup id')
+    .option('--purge-media', 'also remove the stream from the medium')
+    .action(async (id: string, options: { purgeMedia?: boolean }, command: Command) => {
+      const context = CliContext.of(command, io);
+      const entry = await context.api().get<BackupEntry>(backupPath(id));
+      const purgeMedia = options.purgeMedia === true;
+      await context.api().delete(`${backupPath(id)}${purgeMedia ? '?purgeMedia=true' : ''}`);
+      context.output({ id, deleted: true, purgedMedia: purgeMedia, medium: entry.medium }, () =>
+        purgeMedia ? `deleted backup ${id} and its stream on ${entry.medium}` : `deleted backup ${id} (its stream stays on ${entry.medium})`,
+      );
+    });
+
+  backup
+    .command('verify')
+    .description('read a backup (catalog id) or a medium to its end, checking every checksum and the digest; exits 1 naming the first damage')
+    .argument('<source>', 'backup id (bk-…) or medium (file:PATH, dir:PATH)')
+    .option('--no-wait', 'print the job id instead of following it')
+    .action(async (source: string, options: { wait: boolean }, command: Command) => {
+      const context = CliContext.of(command, io);
+      const { jobId } = await context.api().post<{ jobId: string }>('/backups/verify', { source: resolveMediumArgument(source) });
+      const info = await finishStartedJob(context, await context.api().get<JobInfo>(jobPath(jobId)), { noWait: !options.wait });
+      if (options.wait && !context.json) context.io.stdout(describeVerified(info));
+    });
+}
+
+function describeStarted(entry: BackupEntry): string {
+  const job = entry.jobId === null ? '' : `; streaming as job ${entry.jobId} (follow it with: thinarray job wait ${entry.jobId})`;
+  return `backup ${entry.id} of ${entry.volumeName} taken at ${entry.pointInTime} to ${entry.medium}${job}`;
+}
+
+function describeVerified(info: JobInfo): string {
+  const result = (info.result ?? {}) as { backupId?: string; records?: number; streamBytes?: number; digest?: string };
+  return `verified ${result.backupId ?? '?'}: ${result.records ?? '?'} extents, ${formatBytes(result.streamBytes ?? 0)} stream, digest ${result.digest ?? '?'}`;
+}
+
+function formatBackupTable(backups: BackupEntry[], volume: string | undefined): string {
+  if (backups.length === 0) return volume === undefined ? 'no backups (make one with: thinarray backup create VOLUME --to MEDIUM)' : `no backups of ${volume}`;
+  return formatTable(
+    [
+      { header: 'ID' },
+      { header: 'VOLUME' },
+      { header: 'STATE' },
+      { header: 'POINT IN TIME' },
+      { header: 'EXTENTS', alignRight: true },
+      { header: 'BYTES', alignRight: true },
+      { header: 'MEDIUM' },
+      { header: 'LABELS' },
+    ],
+    backups.map((entry) => [
+      entry.id,
+      entry.volumeName,
+      entry.state,
+      entry.pointInTime,
+      String(entry.extents),
+      formatBytes(entry.streamBytes),
+      entry.medium,
+      entry.labels.join(',') || '-',
+    ]),
+  );
+}
+
+function formatBackup(entry: BackupEntry): string {
+  const fields: [string, string][] = [
+    ['id', entry.id],
+    ['volume', `${entry.volumeName} (${formatBytes(entry.capacityBytes)}, uuid ${entry.volumeUuid})`],
+    ['state', entry.state],
+    ['point in time', entry.pointInTime],
+    ['method', `${entry.method}, ${entry.kind}, generation ${entry.generation}`],
+    ['medium', entry.medium],
+    ['bytes', `${entry.streamBytes} (${formatBytes(entry.streamBytes)} stream, ${formatBytes(entry.dataBytes)} data)`],
+    ['extents', `${entry.extents} of ${formatBytes(entry.extentBytes)}`],
+    ['digest', entry.digest ?? '-'],
+  ];
+  if (entry.labels.length > 0) fields.push(['labels', entry.labels.join(', ')]);
+  if (entry.description !== '') fields.push(['description', entry.description]);
+  fields.push(['job', entry.jobId ?? '-']);
+  if (entry.finishedAt !== null) fields.push(['finished', entry.finishedAt]);
+  if (entry.error !== null) fields.push(['error', entry.error]);
+  return formatFields(fields);
+}

@@ -1,0 +1,45 @@
+/** `thinarray restore SOURCE --to VOLUME [--method remap|writeback] [--create]`: a restore job in the daemon. */
+import { Option, type Command } from 'commander';
+import type { JobInfo, VolumeInfo } from '../../array/types.js';
+import { CliContext, type CliIo } from '../context.js';
+import { formatBytes } from '../format.js';
+import { finishStartedJob } from '../progress.js';
+import { resolveMediumArgument } from './backup.js';
+
+const jobPath = (id: string): string => `/jobs/${encodeURIComponent(id)}`;
+
+interface RestoreResult {
+  volume?: string;
+  method?: string;
+  records?: number;
+  dataBytes?: number;
+}
+
+export function registerRestoreCommand(program: Command, io: CliIo): void {
+  program
+    .command('restore')
+    .description('restore a backup (catalog id) or a medium into a volume; follows the job unless --no-wait')
+    .argument('<source>', 'backup id (bk-…) or medium (file:PATH, dir:PATH)')
+    .requiredOption('--to <volume>', 'the volume to restore into')
+    .addOption(
+      new Option('--method <method>', 'remap: written once to new extents, map installed when the stream checked out; writeback: to the original addresses of an existing volume')
+        .choices(['remap', 'writeback'])
+        .default('remap'),
+    )
+    .option('--create', 'create the volume (with the backed-up capacity); it must not exist')
+    .option('--no-wait', 'print the job id instead of following it')
+    .action(async (source: string, options: { to: string; method: 'remap' | 'writeback'; create?: boolean; wait: boolean }, command: Command) => {
+      const context = CliContext.of(command, io);
+      const body = { source: resolveMediumArgument(source), to: options.to, method: options.method, create: options.create === true };
+      const { jobId } = await context.api().post<{ jobId: string }>('/restores', body);
+      const info = await finishStartedJob(context, await context.api().get<JobInfo>(jobPath(jobId)), { noWait: !options.wait });
+      if (!options.wait || context.json) return;
+      const volume = await context.api().get<VolumeInfo>(`/volumes/${encodeURIComponent(options.to)}`);
+      context.io.stdout(describeRestored(info.result as RestoreResult | undefined, volume));
+    });
+}
+
+function describeRestored(result: RestoreResult | undefined, volume: VolumeInfo): string {
+  const extents = result?.records === undefined ? '' : `${result.records} extents, ${formatBytes(result.dataBytes ?? 0)}; `;
+  return `restored into ${volume.name} by ${result?.method ?? '?'}: ${extents}${formatBytes(volume.capacityBytes)} capacity, ${formatBytes(volume.allocatedBytes)} allocated, state ${volume.state}`;
+}
