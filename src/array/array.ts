@@ -20,6 +20,7 @@ import { CopyManager, type CopyHost, type CopyInfo } from '../copy/copies.js';
 import type { CopyMode } from '../copy/copy-store.js';
 import { ReadOnlyDevice } from '../volume/read-only-device.js';
 import { BackupManager, type BackupHost } from '../backup/backups.js';
+import { ChangeTracker } from '../volume/change-tracker.js';
 import { Committer } from './committer.js';
 import { checkArray } from './check.js';
 import type { CheckReport, DiskInfo, MapRun, PoolInfo, StorageArrayApi, VolumeAttr, VolumeCreateRequest, VolumeInfo, VolumeUpdateRequest } from './types.js';
@@ -114,6 +115,9 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
 
   #attachVolume(row: VolumeRow): Volume {
     const volume = new Volume(row, AllocationMap.load(this.store.mapPages(row.id)), this.#context);
+    if (this.store.getSetting(trackingKey(row.id)) !== undefined) {
+      volume.changes = ChangeTracker.load(this.store.changePages(row.id, 'current'), this.store.changePages(row.id, 'held'));
+    }
     this.#volumes.set(row.name, volume);
     return volume;
   }
@@ -361,6 +365,19 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     this.#updateRow(volume, { capacityBytes });
   }
 
+  /** The backup a volume's change tracking starts from (its last point in time), if any. */
+  trackingBase(volume: Volume): string | undefined {
+    return this.store.getSetting(trackingKey(volume.row.id));
+  }
+
+  setTrackingBase(volume: Volume, backupId: string | undefined): void {
+    this.store.transaction(() => {
+      if (backupId === undefined) {
+        this.store.putSetting(trackingKey(volume.row.id), '');
+      } else this.store.putSetting(trackingKey(volume.row.id), backupId);
+    });
+  }
+
   isBusy(volume: Volume): boolean {
     return this.copies.busyWith(volume) !== undefined;
   }
@@ -392,6 +409,11 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
       this.store.close();
     }
   }
+}
+
+/** Settings key naming the backup whose point in time a volume's change tracking starts from. */
+export function trackingKey(volumeId: number): string {
+  return `tracking.${volumeId}`;
 }
 
 export function openStorageArray(options: OpenOptions): Promise<StorageArray> {

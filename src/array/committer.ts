@@ -12,6 +12,7 @@ import type { MetaStore } from '../meta/store.js';
 import type { Pool } from '../pool/pool.js';
 import type { Volume } from '../volume/volume.js';
 import type { MapPageSnapshot } from '../volume/allocation-map.js';
+import type { ChangePageSnapshot } from '../volume/change-tracker.js';
 
 /** A metadata change that must become durable in the same transaction as the next commit's pages. */
 export type MetaOperation = (store: MetaStore) => void;
@@ -49,7 +50,7 @@ export class Committer {
   /** Map pages, bitmap pages, frees or queued operations not yet committed. */
   get hasUncommittedMetadata(): boolean {
     if (this.#pendingOperations.length > 0 || this.#pool.hasUncommittedMetadata) return true;
-    for (const volume of this.#volumes()) if (volume.map.hasDirtyPages) return true;
+    for (const volume of this.#volumes()) if (volume.map.hasDirtyPages || volume.changes?.hasDirtyPages) return true;
     return false;
   }
 
@@ -75,6 +76,10 @@ export class Committer {
     for (const volume of this.#volumes()) {
       if (volume.map.hasDirtyPages) mapSnapshots.push({ volume, pages: volume.map.captureDirty() });
     }
+    const changeSnapshots: Array<{ volume: Volume; capture: { pages: ChangePageSnapshot[]; replaceHeld: ChangePageSnapshot[] | undefined; replaceCurrent: boolean } }> = [];
+    for (const volume of this.#volumes()) {
+      if (volume.changes) changeSnapshots.push({ volume, capture: volume.changes.captureDirty() });
+    }
     const operations = this.#pendingOperations;
     this.#pendingOperations = [];
     const writes = [...this.#inflightWrites];
@@ -87,15 +92,27 @@ export class Committer {
           for (const page of pages) this.#store.putMapPage(volume.row.id, page.pageIndex, page.blob);
         }
         this.#pool.persist(poolSnapshot);
+        for (const { volume, capture } of changeSnapshots) persistChanges(this.#store, volume.row.id, capture);
       });
     } catch (error) {
       this.#pool.commitFailed(poolSnapshot);
       for (const { volume, pages } of mapSnapshots) volume.map.markDirty(pages.map((page) => page.pageIndex));
+      for (const { volume } of changeSnapshots) volume.changes?.commitFailed();
       this.#pendingOperations = operations.concat(this.#pendingOperations);
       this.#logger.error({ err: error }, 'commit failed; it will be retried');
       throw error;
     }
     this.#pool.afterCommit(poolSnapshot);
+    for (const { volume } of changeSnapshots) volume.changes?.commitSucceeded();
     this.commitCount++;
   }
+}
+
+function persistChanges(store: MetaStore, volumeId: number, capture: { pages: ChangePageSnapshot[]; replaceHeld: ChangePageSnapshot[] | undefined; replaceCurrent: boolean }): void {
+  if (capture.replaceCurrent) store.clearChangeSlot(volumeId, 'current');
+  if (capture.replaceHeld) {
+    store.clearChangeSlot(volumeId, 'held');
+    for (const page of capture.replaceHeld) store.putChangePage(volumeId, 'held', page.pageIndex, page.blob);
+  }
+  for (const page of capture.pages) store.putChangePage(volumeId, page.slot, page.pageIndex, page.blob);
 }

@@ -17,6 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, isThinError } from '../lib/errors.js';
+import { ChangeTracker } from '../volume/change-tracker.js';
 import type { Logger } from '../lib/log.js';
 import type { MetaStore } from '../meta/store.js';
 import type { Pool } from '../pool/pool.js';
@@ -40,6 +41,8 @@ export interface BackupHost {
   setVolumeState(volume: Volume, state: string): void;
   setVolumeCapacity(volume: Volume, capacityBytes: number): void;
   isBusy(volume: Volume): boolean;
+  trackingBase(volume: Volume): string | undefined;
+  setTrackingBase(volume: Volume, backupId: string | undefined): void;
   sync(): Promise<void>;
   trackWrite(write: Promise<unknown>): void;
 }
@@ -47,6 +50,8 @@ export interface BackupHost {
 export interface BackupCreateRequest {
   volume: string;
   to: string;
+  /** Only the extents changed since the volume's previous backup (a full backup when there is none). */
+  incremental?: boolean;
   mediaSizeBytes?: number;
   labels?: string[];
   description?: string;
@@ -85,6 +90,7 @@ export class BackupManager {
   async recover(): Promise<void> {
     for (const entry of this.catalog.list().filter((backup) => backup.state === 'running')) {
       this.catalog.fail(entry.id, 'interrupted by a restart of the daemon before it completed');
+      if (this.#host.hasVolume(entry.volumeName)) this.#host.volume(entry.volumeName).changes?.returnHeld();
       const view = this.#host.copies.sessionOfTarget(viewName(entry.id));
       if (view) await this.#host.copies.discard(view);
     }
@@ -103,16 +109,22 @@ export class BackupManager {
     if (medium.kind === 'dir' && (request.mediaSizeBytes === undefined || request.mediaSizeBytes < 64 * 1024)) {
       throw new ThinError('INVALID_ARGUMENT', 'mediaSizeBytes: dir: media need a cartridge size of at least 64K (--media-size)', { field: 'mediaSizeBytes' });
     }
+    const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
     const now = new Date().toISOString();
     this.catalog.insert({
-      id, number, volumeName: volume.name, volumeUuid: volume.row.uuid, pointInTime: now, method: 'compact', kind: 'full', parentId: null,
+      id, number, volumeName: volume.name, volumeUuid: volume.row.uuid, pointInTime: now, method: 'compact',
+      kind: parent ? 'incremental' : 'full', parentId: parent?.id ?? null,
       generation: this.catalog.nextGeneration(volume.row.uuid), medium: formatMedium(medium), capacityBytes: volume.sizeBytes,
       extentBytes: volume.extentBytes, labels, description: request.description ?? '', copiedFrom: null, createdAt: now,
     });
     try {
-      await this.#host.copies.createView(volume.name, viewName(id));
+      // At the point in time: the changes so far are held for this backup; tracking starts afresh.
+      await this.#host.copies.createView(volume.name, viewName(id), () => {
+        volume.changes ??= ChangeTracker.empty();
+        volume.changes.holdForBackup();
+      });
     } catch (error) {
       this.catalog.remove(id);
       throw error;
@@ -122,24 +134,40 @@ export class BackupManager {
     return this.catalog.get(id)!;
   }
 
+  /** The backup an incremental of `volume` builds on: its tracking base, if complete and of this volume. */
+  #incrementalParent(volume: Volume): BackupEntry | undefined {
+    const baseId = this.#host.trackingBase(volume);
+    const parent = baseId ? this.catalog.get(baseId) : undefined;
+    if (!parent || parent.state !== 'complete' || parent.volumeUuid !== volume.row.uuid || !volume.changes) {
+      this.#logger.info({ volume: volume.name }, 'no complete previous backup to build on: taking a full backup');
+      return undefined;
+    }
+    return parent;
+  }
+
   async #runBackup(ctx: JobContext, params: unknown): Promise<unknown> {
     const { backupId, mediaSizeBytes } = params as { backupId: string; mediaSizeBytes: number | null };
     const entry = this.#entry(backupId);
     let writer: BackupStreamWriter | undefined;
     const view = this.#host.copies.sessionOfTarget(viewName(backupId));
     if (!view) throw new ThinError('NOT_FOUND', `the point-in-time view of backup ${backupId} is gone`);
+    const volume = view.source;
     try {
       const list = view.sourceExtents;
+      // A full backup streams every used extent; an incremental only those changed since its parent.
+      const held = entry.kind === 'incremental' ? volume.changes?.heldSet() : undefined;
+      const recordIndexes = held ? [...list.keys()].filter((i) => held.has(list[i]!)) : [...list.keys()];
+      const correspondence = Float64Array.from(recordIndexes, (i) => list[i]!);
       const medium = parseMedium(entry.medium);
       const mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
       writer = new BackupStreamWriter(mediumWriter, {
-        backupId, kind: 'full', sourceName: view.row.sourceName, sourceUuid: view.row.sourceUuid, sourceCapacityBytes: view.row.sourceCapacityBytes,
-        extentBytes: view.extentBytes, allocationRuns: allocationRunsFromExtents(list), correspondence: list,
+        backupId, kind: entry.kind, ...(entry.parentId ? { parentBackupId: entry.parentId } : {}), sourceName: view.row.sourceName, sourceUuid: view.row.sourceUuid, sourceCapacityBytes: view.row.sourceCapacityBytes,
+        extentBytes: view.extentBytes, allocationRuns: allocationRunsFromExtents(list), correspondence,
         createdAtMs: Date.parse(view.row.pointInTime), labels: entry.labels, description: entry.description,
       });
-      ctx.setTotal(list.length * view.extentBytes);
+      ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
-      for (let i = 0; i < list.length; i++) {
+      for (const i of recordIndexes) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         const sourceExtent = list[i]!;
         const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
@@ -150,10 +178,13 @@ export class BackupManager {
       }
       const summary = await writer.finish();
       this.catalog.complete(backupId, { streamBytes: summary.streamBytes, dataBytes: summary.dataBytes, extents: summary.recordCount, digest: summary.digestHex, pointInTime: view.row.pointInTime });
+      volume.changes?.releaseHeld();
+      this.#host.setTrackingBase(volume, backupId);
       this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount }, 'backup complete');
       return { backupId, streamBytes: summary.streamBytes, extents: summary.recordCount, digest: summary.digestHex };
     } catch (error) {
       await writer?.abort().catch(() => undefined);
+      volume.changes?.returnHeld(); // still changes since the last complete backup
       this.catalog.fail(backupId, errorMessage(error));
       throw error;
     } finally {
@@ -246,21 +277,54 @@ export class BackupManager {
 
   async #runRestore(ctx: JobContext, params: unknown): Promise<unknown> {
     const request = params as RestoreRequest & { medium: string; backupId: string | null };
-    const reader = await this.#openReader(parseMedium(request.medium), request.backupId ?? undefined);
-    try {
-      const stream = new BackupStreamReader(reader);
-      const header = await stream.readHeader();
-      ctx.setTotal(header.dataBytes);
-      const volume = request.create ? await this.#host.createVolumeForRestore(request.to, header.sourceCapacityBytes) : this.#host.volume(request.to);
-      if (volume.extentBytes !== header.extentBytes) {
-        throw new ThinError('UNSUPPORTED', `the backup has ${header.extentBytes}-byte extents, this pool ${volume.extentBytes}; restore with writeback into a volume of the same extent size is not possible either`);
+    // An incremental restores as its chain: the full backup it builds on, then each incremental.
+    const chain = request.backupId ? this.#chainOf(request.backupId) : [undefined];
+    let volume: Volume | undefined;
+    let previous: BackupHeader | undefined;
+    for (const [link, entry] of chain.entries()) {
+      const medium = entry ? this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
+      const reader = await this.#openReader(medium, entry?.id ?? undefined);
+      try {
+        const stream = new BackupStreamReader(reader);
+        const header = await stream.readHeader();
+        this.#checkLink(header, previous, link, chain.length);
+        ctx.setTotal(header.dataBytes);
+        if (!volume) volume = request.create ? await this.#host.createVolumeForRestore(request.to, header.sourceCapacityBytes) : this.#host.volume(request.to);
+        if (volume.extentBytes !== header.extentBytes) {
+          throw new ThinError('UNSUPPORTED', `the backup has ${header.extentBytes}-byte extents, this pool ${volume.extentBytes}`);
+        }
+        if (link === 0 && request.method === 'remap') await this.#restoreRemap(ctx, stream, header, volume, request.create);
+        else await this.#restoreWriteback(ctx, stream, header, volume);
+        previous = header;
+      } finally {
+        await reader.close().catch(() => undefined);
       }
-      if (request.method === 'remap') await this.#restoreRemap(ctx, stream, header, volume, request.create);
-      else await this.#restoreWriteback(ctx, stream, header, volume);
-      await this.#host.sync();
-      return { volume: volume.name, method: request.method, records: header.recordCount, dataBytes: header.dataBytes };
-    } finally {
-      await reader.close().catch(() => undefined);
+    }
+    await this.#host.sync();
+    return { volume: volume!.name, method: request.method, backups: chain.map((entry) => entry?.id ?? request.medium) };
+  }
+
+  /** The catalog entries to apply, oldest first: a full backup, then incrementals up to `backupId`. */
+  #chainOf(backupId: string): BackupEntry[] {
+    const chain: BackupEntry[] = [];
+    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? this.catalog.get(entry.parentId) : undefined) {
+      if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${entry.id} in the chain of ${backupId} is ${entry.state}`);
+      chain.unshift(entry);
+      if (entry.kind === 'full') return chain;
+      if (entry.parentId && !this.catalog.get(entry.parentId)) {
+        throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog`);
+      }
+    }
+    throw new ThinError('CORRUPT', `the chain of ${backupId} does not end in a full backup`);
+  }
+
+  /** Each link of a chain must be what the catalog says, on top of the link before it. */
+  #checkLink(header: BackupHeader, previous: BackupHeader | undefined, link: number, links: number): void {
+    if (link === 0 && header.kind === 'incremental' && links === 1) {
+      throw new ThinError('INVALID_ARGUMENT', `this medium holds incremental backup ${header.backupId}; restore it by its catalog id so that its chain is applied`, { field: 'source' });
+    }
+    if (previous && (header.parentBackupId !== previous.backupId || header.sourceUuid !== previous.sourceUuid)) {
+      throw new ThinError('CORRUPT', `backup ${header.backupId} builds on ${header.parentBackupId || '(nothing)'}, not on ${previous.backupId}: the chain is broken`);
     }
   }
 

@@ -105,8 +105,8 @@ export class CopyManager {
    * whose data is then backed up sequentially). Nothing is copied in the background: the backup
    * reads each extent once through the view, then discards it. The view is a working volume.
    */
-  createView(sourceName: string, viewName: string): Promise<CopySession> {
-    return this.#setUp(sourceName, viewName, 'compact', 'work');
+  createView(sourceName: string, viewName: string, atPointInTime?: (session: CopySession) => void): Promise<CopySession> {
+    return this.#setUp(sourceName, viewName, 'compact', 'work', atPointInTime);
   }
 
   /** Drops a view (or an unfinished copy): hooks off, target volume deleted, its copy row gone. */
@@ -123,7 +123,7 @@ export class CopyManager {
   }
 
   /** Validates, takes the point in time, creates the target and attaches the session (no job). */
-  async #setUp(sourceName: string, targetName: string, mode: CopyMode, attr: 'user' | 'work'): Promise<CopySession> {
+  async #setUp(sourceName: string, targetName: string, mode: CopyMode, attr: 'user' | 'work', atPointInTime?: (session: CopySession) => void): Promise<CopySession> {
     const source = this.#host.volume(sourceName);
     this.#refuseBusySource(source);
     this.#refuseExistingTarget(targetName);
@@ -157,6 +157,8 @@ export class CopyManager {
     const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
     session.attach();
     this.#sessions.set(row.id, session);
+    // Still inside the synchronous setup: whatever the caller does here shares the point in time.
+    atPointInTime?.(session);
     return session;
   }
 

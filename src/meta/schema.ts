@@ -131,4 +131,16 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX backups_by_volume ON backups(volume_name, number);
   `,
+  // 5: change tracking for incremental backups (src/volume/change-tracker.ts). Slot 'current':
+  // extents changed since the last backup's point in time; slot 'held': those a running
+  // incremental backup is streaming. Pages of LIMITS.bitmapBitsPerPage bits; absent = all clear.
+  `
+  CREATE TABLE change_pages (
+    volume_id   INTEGER NOT NULL REFERENCES volumes(id),
+    slot        TEXT NOT NULL CHECK (slot IN ('current', 'held')),
+    page_index  INTEGER NOT NULL,
+    bits        BLOB NOT NULL,
+    PRIMARY KEY (volume_id, slot, page_index)
+  ) STRICT, WITHOUT ROWID;
+  `,
 ];

@@ -65,6 +65,11 @@ export class MetaStore {
       updateVolume: db.prepare('UPDATE volumes SET capacity_bytes = ?, attr = ?, read_only = ?, state = ? WHERE id = ?'),
       deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
       deleteVolumePages: db.prepare('DELETE FROM map_pages WHERE volume_id = ?'),
+      changePages: db.prepare<[number, string], { pageIndex: number; blob: Buffer }>('SELECT page_index AS pageIndex, bits AS blob FROM change_pages WHERE volume_id = ? AND slot = ? ORDER BY page_index'),
+      putChangePage: db.prepare('INSERT INTO change_pages (volume_id, slot, page_index, bits) VALUES (?, ?, ?, ?) ON CONFLICT(volume_id, slot, page_index) DO UPDATE SET bits = excluded.bits'),
+      deleteChangePage: db.prepare('DELETE FROM change_pages WHERE volume_id = ? AND slot = ? AND page_index = ?'),
+      deleteChangeSlot: db.prepare('DELETE FROM change_pages WHERE volume_id = ? AND slot = ?'),
+      deleteVolumeChanges: db.prepare('DELETE FROM change_pages WHERE volume_id = ?'),
       mapPages: db.prepare<[number], { pageIndex: number; blob: Buffer }>('SELECT page_index AS pageIndex, entries AS blob FROM map_pages WHERE volume_id = ? ORDER BY page_index'),
       putMapPage: db.prepare('INSERT INTO map_pages (volume_id, page_index, entries) VALUES (?, ?, ?) ON CONFLICT(volume_id, page_index) DO UPDATE SET entries = excluded.entries'),
       deleteMapPage: db.prepare('DELETE FROM map_pages WHERE volume_id = ? AND page_index = ?'),
@@ -140,6 +145,7 @@ export class MetaStore {
   }
 
   deleteVolume(volumeId: number): void {
+    this.#statements.deleteVolumeChanges.run(volumeId);
     this.#statements.deleteVolumePages.run(volumeId);
     this.#statements.deleteVolume.run(volumeId);
   }
@@ -152,6 +158,20 @@ export class MetaStore {
   putMapPage(volumeId: number, pageIndex: number, blob: Buffer | null): void {
     if (blob === null) this.#statements.deleteMapPage.run(volumeId, pageIndex);
     else this.#statements.putMapPage.run(volumeId, pageIndex, blob);
+  }
+
+  changePages(volumeId: number, slot: 'current' | 'held'): PageRow[] {
+    return this.#statements.changePages.all(volumeId, slot);
+  }
+
+  /** Writes a change-tracking page; a null blob deletes it. */
+  putChangePage(volumeId: number, slot: 'current' | 'held', pageIndex: number, blob: Buffer | null): void {
+    if (blob === null) this.#statements.deleteChangePage.run(volumeId, slot, pageIndex);
+    else this.#statements.putChangePage.run(volumeId, slot, pageIndex, blob);
+  }
+
+  clearChangeSlot(volumeId: number, slot: 'current' | 'held'): void {
+    this.#statements.deleteChangeSlot.run(volumeId, slot);
   }
 
   close(): void {

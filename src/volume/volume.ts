@@ -18,6 +18,7 @@ import type { VolumeRow } from '../meta/store.js';
 import type { AllocationMap } from './allocation-map.js';
 import type { BlockDevice, BlockStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
 import { copyChunks, sliceChunks, totalBytes } from './chunks.js';
+import type { ChangeTracker } from './change-tracker.js';
 
 /** What a volume needs from the array around it. */
 export interface VolumeContext {
@@ -68,6 +69,8 @@ export class Volume implements BlockDevice {
   /** Logical extents whose first (allocating) write is still in flight. */
   readonly #initializing = new Map<number, Promise<void>>();
   #deleted = false;
+  /** Set once the volume has been backed up: changes since the last backup (incrementals). */
+  changes: ChangeTracker | undefined;
   /** Set while this volume is the source of a copy in progress (src/copy). */
   copySource: CopySourceHook | undefined;
   /** Set while this volume is the target of a copy in progress (src/copy). */
@@ -144,7 +147,7 @@ export class Volume implements BlockDevice {
     const chunks = Buffer.isBuffer(data) ? [data] : data;
     const lengthBytes = totalBytes(chunks);
     this.#checkWritable(offsetBytes, lengthBytes);
-    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
+    for (let blocker = this.#changeBlocker(offsetBytes, lengthBytes); blocker; blocker = this.#changeBlocker(offsetBytes, lengthBytes)) await blocker;
     const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
     const { newExtents, previous } = this.#allocateFor(pieces);
     const runs: DiskRun[] = [];
@@ -246,7 +249,7 @@ export class Volume implements BlockDevice {
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     this.#checkWritable(offsetBytes, lengthBytes);
-    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
+    for (let blocker = this.#changeBlocker(offsetBytes, lengthBytes); blocker; blocker = this.#changeBlocker(offsetBytes, lengthBytes)) await blocker;
     // Partial extents are left alone: TRIM is advisory and zeroing them would cost a write.
     for (const piece of splitByExtent(offsetBytes, lengthBytes, this.extentBytes)) {
       if (piece.lengthBytes === this.extentBytes) this.#unmapIfMapped(piece.extentIndex);
@@ -256,7 +259,7 @@ export class Volume implements BlockDevice {
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
     this.#checkWritable(offsetBytes, lengthBytes);
-    for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
+    for (let blocker = this.#changeBlocker(offsetBytes, lengthBytes); blocker; blocker = this.#changeBlocker(offsetBytes, lengthBytes)) await blocker;
     const pieces = [...splitByExtent(offsetBytes, lengthBytes, this.extentBytes)];
     const slowPieces = pieces.filter((piece) => this.#zeroNeedsWrite(piece, options.mayUnmap));
     if (options.fastOnly && slowPieces.length > 0) {
@@ -372,6 +375,19 @@ export class Volume implements BlockDevice {
    * separate async function would leave a gap after its last look in which another write could
    * allocate the extent, and its zero-fill would then wipe this write (or expose old data to a read).
    */
+  /**
+   * What a change of the range must wait for, if anything: a first write in flight, or (change
+   * tracking) a changed-extent bit that is not durable yet — the bit must reach the disk before
+   * the change can, so that after a crash the tracked set is never missing a change.
+   */
+  #changeBlocker(offsetBytes: number, lengthBytes: number): Promise<void> | undefined {
+    const pending = this.#pendingInitializing(offsetBytes, lengthBytes);
+    if (pending || !this.changes || lengthBytes === 0) return pending;
+    const first = Math.floor(offsetBytes / this.extentBytes);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / this.extentBytes);
+    return this.changes.needsDurable(first, last) ? this.#context.sync() : undefined;
+  }
+
   #pendingInitializing(offsetBytes: number, lengthBytes: number): Promise<void> | undefined {
     if (this.#initializing.size === 0 || lengthBytes === 0) return undefined;
     const first = Math.floor(offsetBytes / this.extentBytes);
