@@ -7,6 +7,7 @@ import type { Logger } from '../lib/log.js';
 import { flushLogger, openDaemonLogger } from './logging.js';
 import { openStorageArray } from '../array/array.js';
 import type { StorageArrayApi } from '../array/types.js';
+import { MetaContextRegistry, baseAllocation, thinarrayDirty } from '../nbd/meta-contexts.js';
 import { NbdServer } from '../nbd/server.js';
 import { ApiServer } from '../api/server.js';
 import { readTlsFiles, type DaemonConfig } from './config.js';
@@ -108,6 +109,8 @@ function createNbdServer(config: DaemonConfig, array: StorageArrayApi, logger: L
       return device === undefined ? undefined : { device };
     },
     listExports: () => array.exportNames(),
+    // base:allocation, and thinarray:dirty: the extents changed since each volume's last backup.
+    metaContexts: new MetaContextRegistry([baseAllocation, thinarrayDirty]),
     logger: logger.child({ component: 'nbd' }),
     metrics,
     ...(config.tls === undefined ? {} : { tls: readTlsFiles(config.tls) }),

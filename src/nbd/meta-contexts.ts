@@ -25,7 +25,7 @@ export const baseAllocation: MetaContext = {
   name: 'base:allocation',
   isAvailable: () => true,
   describe(device, offsetBytes, lengthBytes, descriptorsMax) {
-    const runs = device.blockStatus(offsetBytes, lengthBytes);
+    const runs = device.blockStatus(offsetBytes, lengthBytes, descriptorsMax);
     const count = Math.min(runs.length, descriptorsMax);
     const descriptors: StatusDescriptor[] = new Array(count);
     for (let i = 0; i < count; i++) {
@@ -36,6 +36,22 @@ export const baseAllocation: MetaContext = {
       };
     }
     return descriptors;
+  },
+};
+
+/** Flag of thinarray:dirty: the bytes lie in an extent changed since the volume's last backup. */
+export const THINARRAY_STATE_DIRTY = 1;
+
+/**
+ * thinarray:dirty — the volume's change-tracking set (what the next incremental backup would
+ * stream), for clients that want to copy only what changed. Offered on volumes that track changes.
+ */
+export const thinarrayDirty: MetaContext = {
+  name: 'thinarray:dirty',
+  isAvailable: (device) => typeof device.changeStatus === 'function',
+  describe(device, offsetBytes, lengthBytes, descriptorsMax) {
+    const runs = device.changeStatus!(offsetBytes, lengthBytes, descriptorsMax);
+    return runs.map((run) => ({ lengthBytes: run.lengthBytes, flags: run.changed ? THINARRAY_STATE_DIRTY : 0 }));
   },
 };
 

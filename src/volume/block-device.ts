@@ -28,6 +28,12 @@ export interface BlockStatusRun {
   zero: boolean;
 }
 
+/** One run of a change-status answer: extents changed since the last backup, or not. */
+export interface ChangeStatusRun {
+  lengthBytes: number;
+  changed: boolean;
+}
+
 export interface BlockDevice {
   readonly name: string;
   readonly sizeBytes: number;
@@ -47,4 +53,9 @@ export interface BlockDevice {
   cache(offsetBytes: number, lengthBytes: number): Promise<void>;
   /** Runs covering [offset, offset+length) in order, adjacent runs merged; at most maxRuns (then they cover a prefix). */
   blockStatus(offsetBytes: number, lengthBytes: number, maxRuns?: number): BlockStatusRun[];
+  /**
+   * Volumes that track changes (once backed up): runs telling which bytes lie in extents changed
+   * since the last backup's point in time. Absent on devices that do not track changes.
+   */
+  changeStatus?(offsetBytes: number, lengthBytes: number, maxRuns: number): ChangeStatusRun[];
 }

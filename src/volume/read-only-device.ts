@@ -3,7 +3,7 @@
  * while its copy runs). Every operation is listed: reads pass through, changes are refused.
  */
 import { ThinError } from '../lib/errors.js';
-import type { BlockDevice, BlockStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
+import type { BlockDevice, BlockStatusRun, ChangeStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
 
 export class ReadOnlyDevice implements BlockDevice {
   readonly #inner: BlockDevice;
@@ -48,6 +48,11 @@ export class ReadOnlyDevice implements BlockDevice {
   }
   blockStatus(offsetBytes: number, lengthBytes: number, maxRuns?: number): BlockStatusRun[] {
     return this.#inner.blockStatus(offsetBytes, lengthBytes, maxRuns);
+  }
+
+  changeStatus(offsetBytes: number, lengthBytes: number, maxRuns: number): ChangeStatusRun[] {
+    if (!this.#inner.changeStatus) return [{ lengthBytes, changed: false }];
+    return this.#inner.changeStatus(offsetBytes, lengthBytes, maxRuns);
   }
 
   #refusal(): ThinError {

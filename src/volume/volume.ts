@@ -16,7 +16,7 @@ import { acquireBuffer } from '../lib/buffer-pool.js';
 import type { Pool } from '../pool/pool.js';
 import type { VolumeRow } from '../meta/store.js';
 import type { AllocationMap } from './allocation-map.js';
-import type { BlockDevice, BlockStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
+import type { BlockDevice, BlockStatusRun, ChangeStatusRun, WriteOptions, ZeroOptions } from './block-device.js';
 import { copyChunks, sliceChunks, totalBytes } from './chunks.js';
 import type { ChangeTracker } from './change-tracker.js';
 
@@ -349,6 +349,33 @@ export class Volume implements BlockDevice {
         b = pending.next();
       }
     }
+  }
+
+  /** Changed-since-last-backup runs (the NBD context thinarray:dirty); all unchanged when not tracking. */
+  changeStatus(offsetBytes: number, lengthBytes: number, maxRuns: number): ChangeStatusRun[] {
+    this.#checkRange(offsetBytes, lengthBytes);
+    const runs: ChangeStatusRun[] = [];
+    const endBytes = offsetBytes + lengthBytes;
+    let position = offsetBytes;
+    const push = (untilBytes: number, changed: boolean): void => {
+      const length = Math.min(untilBytes, endBytes) - position;
+      if (length <= 0) return;
+      const last = runs[runs.length - 1];
+      if (last && last.changed === changed) last.lengthBytes += length;
+      else runs.push({ lengthBytes: length, changed });
+      position += length;
+    };
+    if (this.changes) {
+      const first = Math.floor(offsetBytes / this.extentBytes);
+      const end = Math.ceil(endBytes / this.extentBytes);
+      for (const extentIndex of this.changes.changedExtents(first, end)) {
+        push(extentIndex * this.extentBytes, false);
+        if (runs.length >= maxRuns) return runs;
+        push((extentIndex + 1) * this.extentBytes, true);
+      }
+    }
+    push(endBytes, false);
+    return runs.slice(0, maxRuns);
   }
 
   // ---- helpers ------------------------------------------------------------------------------
