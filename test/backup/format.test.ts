@@ -132,7 +132,10 @@ describe('writer refuses misuse', () => {
     assert.equal(await codeOf(() => writer.writeExtent(table[1]!, volume.dataOf(table[1]!))), 'INVALID_ARGUMENT', 'out of order');
     assert.equal(await codeOf(() => writer.writeExtent(table[0]!, Buffer.alloc(100))), 'INVALID_ARGUMENT', 'wrong length');
     assert.equal(await codeOf(() => writer.finish()), 'INVALID_ARGUMENT', 'finish before every record');
-    await writer.writeExtent(table[0]!, volume.dataOf(table[0]!)); // still usable after refusals
+    const both = await Promise.allSettled([writer.writeExtent(table[0]!, volume.dataOf(table[0]!)), writer.writeExtent(table[0]!, volume.dataOf(table[0]!))]);
+    assert.equal(both[0].status, 'fulfilled', 'still usable after refusals');
+    assert.ok(both[1].status === 'rejected' && /await each call/.test(String(both[1].reason)), 'overlapping calls refused');
+    assert.equal(writer.recordsWritten, 1);
   });
 
   test('a medium failure fails the stream with the medium error', async () => {

@@ -1,6 +1,7 @@
 /**
- * Not a test (no .test. in the name, so CI skips it): writes and reads back 1 GiB of extents
- * through a file: medium and prints MiB/s. Run: node dist/test/backup/throughput.js [DIR] [GiB]
+ * Not a test: writes and reads back 1 GiB of extents through a file: medium and prints MiB/s.
+ * Run: node dist/test/backup/throughput.js --run [DIR] [GiB]. Without --run it exits at once,
+ * because `node --test dist/test/…` runs every .js file under a test/ folder (belongs in bench/).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,8 +11,9 @@ import { BackupStreamReader } from '../../src/backup/format/reader.js';
 import { openFileReader, openFileWriter } from '../../src/backup/media/file-medium.js';
 import { allocationRunsFromExtents } from '../../src/backup/format/header.js';
 
-const dir = fs.mkdtempSync(path.join(process.argv[2] ?? os.tmpdir(), 'thinarray-throughput-'));
-const gib = Number(process.argv[3] ?? 1);
+if (process.argv[2] !== '--run') process.exit(0);
+const dir = fs.mkdtempSync(path.join(process.argv[3] ?? os.tmpdir(), 'thinarray-throughput-'));
+const gib = Number(process.argv[4] ?? 1);
 const extentBytes = 64 * 1024;
 const extentCount = Math.round((gib * 1024 ** 3) / extentBytes);
 const extents = Array.from({ length: extentCount }, (_, i) => i * 2); // half the volume mapped, every other extent

@@ -54,6 +54,8 @@ export class BackupStreamWriter {
   #hashedBytes = 0;
   readonly #inFlight: Dispatched[] = [];
   #failure: unknown = null;
+  /** A call is staging bytes: calls must come one at a time (each awaited), or frames would interleave. */
+  #busy = false;
 
   constructor(medium: MediumWriter, fields: BackupHeaderFields) {
     const problem = findHeaderProblem(fields);
@@ -155,12 +157,16 @@ export class BackupStreamWriter {
 
   /** Any failure while bytes are half-staged leaves the stream unusable: mark it so. */
   async #guard<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#busy) throw new ThinError('INVALID_ARGUMENT', 'backup stream writer: await each call before the next one');
+    this.#busy = true;
     try {
       return await work();
     } catch (error) {
       this.#state = 'failed';
       this.#failure ??= error;
       throw error;
+    } finally {
+      this.#busy = false;
     }
   }
 
