@@ -105,6 +105,11 @@ export interface JobsApi {
   wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobInfo>;
 }
 
+/** What a call that starts a job answers: the job to follow (GET /jobs/:id). */
+export interface JobStarted {
+  jobId: string;
+}
+
 /**
  * Server-free backups (src/backup/backups.ts): every data-moving call starts a job in the daemon
  * and answers at once; media are `file:/ABS/PATH` or `dir:/ABS/PATH` under the daemon's media roots.
@@ -119,9 +124,9 @@ export interface BackupsApi {
   /** Removes the catalog entry; with purgeMedia also the file or cartridges it names. */
   delete(id: string, purgeMedia: boolean): Promise<void>;
   /** Reads a catalog id's medium, or a medium, to its end, checking everything (a job). */
-  verify(source: string): { jobId: string };
+  verify(source: string): Promise<{ jobId: string }>;
   /** Restores a catalog id or a medium into a volume by remap or writeback (a job). */
-  restore(request: RestoreRequest): { jobId: string };
+  restore(request: RestoreRequest): Promise<{ jobId: string }>;
 }
 
 export interface StorageArrayApi {
