@@ -6,10 +6,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { BackupStreamWriter } from '../../src/backup/format/writer.js';
-import { BackupStreamReader } from '../../src/backup/format/reader.js';
-import { openFileReader, openFileWriter } from '../../src/backup/media/file-medium.js';
-import { allocationRunsFromExtents } from '../../src/backup/format/header.js';
+import { BackupStreamWriter } from '../src/backup/format/writer.js';
+import { BackupStreamReader } from '../src/backup/format/reader.js';
+import { openFileReader, openFileWriter } from '../src/backup/media/file-medium.js';
+import { allocationRunsFromExtents } from '../src/backup/format/header.js';
 
 if (process.argv[2] !== '--run') process.exit(0);
 const dir = fs.mkdtempSync(path.join(process.argv[3] ?? os.tmpdir(), 'thinarray-throughput-'));

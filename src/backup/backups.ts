@@ -27,8 +27,8 @@ import type { CopyManager } from '../copy/copies.js';
 import { BackupCatalog, type BackupEntry } from './catalog.js';
 import { BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
-import { openFileReader, openFileWriter } from './media/file-medium.js';
-import { openDirReader, openDirWriter } from './media/dir-medium.js';
+import { openMediumReader, openMediumWriter } from './media/open.js';
+import { resolveUnderRoots } from './media/roots.js';
 
 export interface BackupHost {
   readonly store: MetaStore;
@@ -101,7 +101,7 @@ export class BackupManager {
   /** Takes the point in time (the view) before it returns; the stream is then written by a job. */
   async create(request: BackupCreateRequest): Promise<BackupEntry> {
     const volume = this.#host.volume(request.volume);
-    const medium = this.#checkedMedium(request.to, 'to');
+    const medium = await this.#checkedMedium(request.to, 'to');
     const labels = request.labels ?? [];
     if (!Array.isArray(labels) || labels.some((label) => typeof label !== 'string' || label.length > 200)) {
       throw new ThinError('INVALID_ARGUMENT', 'labels: a list of strings of at most 200 characters', { field: 'labels' });
@@ -211,7 +211,7 @@ export class BackupManager {
   }
 
   async #purge(entry: BackupEntry): Promise<void> {
-    const medium = this.#checkedMedium(entry.medium, 'medium');
+    const medium = await this.#checkedMedium(entry.medium, 'medium');
     if (medium.kind === 'file') {
       const stat = await fs.promises.stat(medium.path).catch(() => undefined);
       if (stat?.isFile()) await fs.promises.rm(medium.path);
@@ -230,8 +230,8 @@ export class BackupManager {
 
   // ---- verify -------------------------------------------------------------------------------
 
-  verify(source: string): { jobId: string } {
-    const { medium, backupId } = this.#resolveSource(source);
+  async verify(source: string): Promise<{ jobId: string }> {
+    const { medium, backupId } = await this.#resolveSource(source);
     const job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId }, `verify ${source}`);
     return { jobId: job.id };
   }
@@ -260,11 +260,11 @@ export class BackupManager {
 
   // ---- restore ------------------------------------------------------------------------------
 
-  restore(request: RestoreRequest): { jobId: string } {
+  async restore(request: RestoreRequest): Promise<{ jobId: string }> {
     if (request.method !== 'remap' && request.method !== 'writeback') {
       throw new ThinError('INVALID_ARGUMENT', "method: must be 'remap' or 'writeback'", { field: 'method' });
     }
-    const { medium, backupId } = this.#resolveSource(request.source);
+    const { medium, backupId } = await this.#resolveSource(request.source);
     const exists = this.#host.hasVolume(request.to);
     if (!exists && !request.create) throw new ThinError('NOT_FOUND', `volume ${request.to} does not exist (add --create to make it)`, { field: 'to' });
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
@@ -282,7 +282,7 @@ export class BackupManager {
     let volume: Volume | undefined;
     let previous: BackupHeader | undefined;
     for (const [link, entry] of chain.entries()) {
-      const medium = entry ? this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
+      const medium = entry ? await this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
       const reader = await this.#openReader(medium, entry?.id ?? undefined);
       try {
         const stream = new BackupStreamReader(reader);
@@ -401,42 +401,30 @@ export class BackupManager {
   // ---- media --------------------------------------------------------------------------------
 
   /** A catalog id or a medium, with the medium checked against the media roots. */
-  #resolveSource(source: string): { medium: Medium; backupId: string | null } {
+  async #resolveSource(source: string): Promise<{ medium: Medium; backupId: string | null }> {
     if (/^bk-\d+$/.test(source)) {
       const entry = this.#entry(source);
       if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${source} is ${entry.state}; only a complete backup can be read`);
-      return { medium: this.#checkedMedium(entry.medium, 'source'), backupId: entry.id };
+      return { medium: await this.#checkedMedium(entry.medium, 'source'), backupId: entry.id };
     }
-    return { medium: this.#checkedMedium(source, 'source'), backupId: null };
+    return { medium: await this.#checkedMedium(source, 'source'), backupId: null };
   }
 
   /** Parses a medium and refuses anything outside the daemon's media roots (symlinks resolved). */
-  #checkedMedium(text: string, field: string): Medium {
+  async #checkedMedium(text: string, field: string): Promise<Medium> {
     const medium = parseMedium(text, { field });
     if (medium.kind === 'stdio' || medium.kind === 'volume') {
       throw new ThinError('UNSUPPORTED', `${field}: ${text} media are not supported by this daemon yet; use file:PATH or dir:PATH`, { field });
     }
-    const real = realPathOfNearestExisting(medium.path);
-    const allowed = this.#mediaRoots.some((root) => {
-      const realRoot = realPathOfNearestExisting(root);
-      return real === realRoot || real.startsWith(realRoot + path.sep);
-    });
-    if (!allowed) {
-      throw new ThinError('INVALID_ARGUMENT', `${field}: ${medium.path} is outside the media roots (${this.#mediaRoots.join(', ')}); start the daemon with --media-root to allow another`, { field });
-    }
-    return medium;
+    return { kind: medium.kind, path: await resolveUnderRoots(medium.path, this.#mediaRoots) };
   }
 
   #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined): Promise<MediumWriter> {
-    if (medium.kind === 'file') return openFileWriter(medium.path);
-    if (medium.kind === 'dir') return openDirWriter(medium.path, { backupId, cartridgeBytes: mediaSizeBytes! });
-    throw new ThinError('UNSUPPORTED', `${formatMedium(medium)} cannot be written`);
+    return openMediumWriter(medium, { roots: this.#mediaRoots, backupId, ...(mediaSizeBytes === undefined ? {} : { mediaSizeBytes }) });
   }
 
   #openReader(medium: Medium, backupId: string | undefined): Promise<MediumReader> {
-    if (medium.kind === 'file') return openFileReader(medium.path);
-    if (medium.kind === 'dir') return openDirReader(medium.path, backupId === undefined ? {} : { backupId });
-    throw new ThinError('UNSUPPORTED', `${formatMedium(medium)} cannot be read`);
+    return openMediumReader(medium, { roots: this.#mediaRoots, ...(backupId === undefined ? {} : { backupId }) });
   }
 }
 
@@ -447,20 +435,4 @@ function viewName(backupId: string): string {
 function errorMessage(error: unknown): string {
   if (isThinError(error)) return error.message;
   return error instanceof Error ? error.message : String(error);
-}
-
-/** realpath of the path, or of its nearest existing ancestor plus the rest (the medium may not exist yet). */
-function realPathOfNearestExisting(target: string): string {
-  let existing = path.resolve(target);
-  const rest: string[] = [];
-  for (;;) {
-    try {
-      return path.join(fs.realpathSync(existing), ...rest);
-    } catch {
-      const parent = path.dirname(existing);
-      if (parent === existing) return path.join(existing, ...rest);
-      rest.unshift(path.basename(existing));
-      existing = parent;
-    }
-  }
 }

@@ -202,12 +202,17 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
       items.push({ index, sourcePhysical, buffer: Buffer.allocUnsafe(this.extentBytes) });
     }
     if (items.length === 0) return 0;
+    const sameDisk = (a: number, b: number): boolean => pool.locate(a).fd === pool.locate(b).fd;
     for (const item of items) pool.pin(item.sourcePhysical);
     try {
-      await Promise.all(items.map((item) => this.#readPhysical(item.sourcePhysical, item.buffer)));
+      // Physically adjacent extents move in one readv / writev each (next-fit allocation keeps
+      // a batch's new extents adjacent too).
+      await Promise.all(adjacentRuns(items.map((item) => item.sourcePhysical), sameDisk).map(([first, count]) =>
+        this.#readPhysical(items[first]!.sourcePhysical, items.slice(first, first + count).map((item) => item.buffer))));
       const targets = pool.allocate(items.length);
       try {
-        await Promise.all(items.map((item, i) => this.#writePhysical(targets[i]!, [item.buffer])));
+        await Promise.all(adjacentRuns(targets, sameDisk).map(([first, count]) =>
+          this.#writePhysical(targets[first]!, items.slice(first, first + count).map((item) => item.buffer))));
       } catch (error) {
         for (const target of targets) pool.free(target); // never mapped: straight back to the pool
         throw error;
@@ -229,11 +234,13 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
     }
   }
 
-  #readPhysical(physicalExtent: number, buffer: Buffer): Promise<void> {
+  /** Reads adjacent physical extents starting at `physicalExtent` into `buffers` (one per extent). */
+  #readPhysical(physicalExtent: number, buffers: Buffer[]): Promise<void> {
     const { fd, offsetBytes } = this.#context.pool.locate(physicalExtent);
+    const expectedBytes = buffers.length * this.extentBytes;
     return new Promise((resolve, reject) => {
-      fs.read(fd, buffer, 0, buffer.byteLength, offsetBytes, (error, bytesRead) => {
-        if (error || bytesRead !== buffer.byteLength) reject(fromSystemError(error ?? new Error('short read'), `copy ${this.row.id}: read of the source`));
+      fs.readv(fd, buffers, offsetBytes, (error, bytesRead) => {
+        if (error || bytesRead !== expectedBytes) reject(fromSystemError(error ?? new Error('short read'), `copy ${this.row.id}: read of the source`));
         else resolve();
       });
     });
@@ -254,4 +261,19 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
     this.#context.trackWrite(write);
     return write;
   }
+}
+
+/**
+ * Runs of physically adjacent extents, as [first index, count] pairs. Physical extents are
+ * numbered across disks, so consecutive numbers may sit on two disks: runs are cut there too.
+ */
+function adjacentRuns(extents: readonly number[], sameDisk: (a: number, b: number) => boolean): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (let i = 0; i < extents.length; i++) {
+    const last = runs[runs.length - 1];
+    const previous = last ? extents[last[0] + last[1] - 1]! : -2;
+    if (last && extents[i] === previous + 1 && sameDisk(previous, extents[i]!)) last[1]++;
+    else runs.push([i, 1]);
+  }
+  return runs;
 }

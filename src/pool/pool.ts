@@ -30,6 +30,11 @@ export class PoolDisk {
   readonly dirtyPages = new Set<number>();
   /** Written since the last fdatasync. */
   unsynced = false;
+  /**
+   * Where the next search for a free extent starts (next fit): allocation stays O(1) amortised on
+   * a large, mostly full disk, and consecutive allocations land next to each other.
+   */
+  cursor = 0;
 
   constructor(row: DiskRow, fd: number, bitmap: Bitmap) {
     this.row = row;
@@ -187,9 +192,7 @@ export class Pool {
     }
     const extents: number[] = [];
     while (extents.length < count) {
-      const disk = this.#pickDisk();
-      const local = this.#findAllocatable(disk);
-      assert(local >= 0, 'a disk picked for allocation must have an allocatable extent');
+      const [disk, local] = this.#nextAllocatable();
       disk.bitmap.set(local);
       disk.markDirty(local);
       extents.push(disk.row.firstExtent + local);
@@ -197,24 +200,28 @@ export class Pool {
     return extents;
   }
 
-  #pickDisk(): PoolDisk {
+  /** The next allocatable extent, disks taking turns. The caller checked that one exists. */
+  #nextAllocatable(): [PoolDisk, number] {
     for (let tries = 0; tries < this.#disks.length; tries++) {
       const disk = this.#disks[this.#nextDisk % this.#disks.length]!;
       this.#nextDisk++;
-      if (this.#findAllocatable(disk) >= 0) return disk;
+      const local = this.#findAllocatable(disk);
+      if (local >= 0) return [disk, local];
     }
     throw new ThinError('NO_SPACE', 'the pool is full');
   }
 
-  /** Next clear bit that is not quarantined (quarantine holds only a few extents at a time). */
+  /** Next clear bit from the disk's cursor that is not quarantined (quarantine holds few extents). */
   #findAllocatable(disk: PoolDisk): number {
-    let from = 0;
+    let from = disk.cursor;
     for (let guard = 0; guard <= this.#quarantine.size; guard++) {
       const local = disk.bitmap.findClear(from);
       if (local < 0) return -1;
-      if (!this.#quarantine.has(disk.row.firstExtent + local)) return local;
-      from = local + 1;
-      if (from >= disk.row.extentCount) return -1;
+      from = (local + 1) % disk.row.extentCount;
+      if (!this.#quarantine.has(disk.row.firstExtent + local)) {
+        disk.cursor = from;
+        return local;
+      }
     }
     return -1;
   }

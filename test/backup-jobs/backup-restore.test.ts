@@ -77,14 +77,14 @@ describe('backup and restore', () => {
     assert.ok(fileBytes <= shown.dataBytes * 1.01 + 64 * KiB, `the medium (${fileBytes} bytes) follows the used data (${shown.dataBytes})`);
     assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 0, 'the view is gone');
 
-    const remap = array.backups.restore({ source: entry.id, to: 'restored', method: 'remap', create: true });
+    const remap = await array.backups.restore({ source: entry.id, to: 'restored', method: 'remap', create: true });
     assert.equal((await job(remap.jobId)).state, 'succeeded');
     assertSameBytes(await array.volume('restored').read(0, SIZE), pointInTime, 'remap');
     assert.equal(array.volumeShow('restored').mappedExtents, shown.extents);
 
     // Writeback into the changed original: changed extents come back, extents written since are trimmed.
     await array.volume('vm').write(10 * MiB, pattern(EXTENT, 10), { fua: false });
-    const writeback = array.backups.restore({ source: `file:${path.join(media, 'vm.tbk')}`, to: 'vm', method: 'writeback', create: false });
+    const writeback = await array.backups.restore({ source: `file:${path.join(media, 'vm.tbk')}`, to: 'vm', method: 'writeback', create: false });
     assert.equal((await job(writeback.jobId)).state, 'succeeded');
     assertSameBytes(await array.volume('vm').read(0, SIZE), pointInTime, 'writeback');
     assert.equal(array.volumeShow('vm').mappedExtents, shown.extents);
@@ -107,7 +107,7 @@ describe('backup and restore', () => {
     assert.equal(entry.kind, 'incremental');
     assert.equal(entry.parentId, full.id);
     assert.equal(entry.extents, 3, 'two new extents and one changed; trimmed ones are in the map, not the data');
-    const restore = await job(array.backups.restore({ source: incremental.id, to: 'again', method: 'remap', create: true }).jobId);
+    const restore = await job((await array.backups.restore({ source: incremental.id, to: 'again', method: 'remap', create: true })).jobId);
     assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
     assertSameBytes(await array.volume('again').read(0, SIZE), pointInTime, 'chain restore');
     // Reopened, tracking continues from the incremental: the next one holds only the later change.
@@ -125,7 +125,7 @@ describe('backup and restore', () => {
     const fifo = path.join(media, 'pipe');
     execFileSync('mkfifo', [fifo]);
     const backup = await array.backups.create({ volume: 'vm', to: `file:${fifo}` });
-    const restore = array.backups.restore({ source: `file:${fifo}`, to: 'copy', method: 'remap', create: true });
+    const restore = await array.backups.restore({ source: `file:${fifo}`, to: 'copy', method: 'remap', create: true });
     const [b, r] = await Promise.all([job(backup.jobId!), job(restore.jobId)]);
     assert.equal(b.state, 'succeeded', JSON.stringify(b.error));
     assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
@@ -137,7 +137,7 @@ describe('backup and restore', () => {
     const file = path.join(media, 'vm.tbk');
     const entry = await array.backups.create({ volume: 'vm', to: `file:${file}` });
     assert.equal((await job(entry.jobId!)).state, 'succeeded');
-    const good = await job(array.backups.verify(entry.id).jobId);
+    const good = await job((await array.backups.verify(entry.id)).jobId);
     assert.equal(good.state, 'succeeded', JSON.stringify(good.error));
 
     const bytes = fs.readFileSync(file);
@@ -145,18 +145,18 @@ describe('backup and restore', () => {
     fs.writeFileSync(path.join(media, 'flipped.tbk'), bytes);
     fs.writeFileSync(path.join(media, 'short.tbk'), bytes.subarray(0, bytes.length - 1000));
     for (const damaged of ['flipped.tbk', 'short.tbk']) {
-      const verify = await job(array.backups.verify(`file:${path.join(media, damaged)}`).jobId);
+      const verify = await job((await array.backups.verify(`file:${path.join(media, damaged)}`)).jobId);
       assert.equal(verify.state, 'failed', damaged);
       assert.equal(verify.error?.code, 'CORRUPT', `${damaged}: ${verify.error?.message}`);
     }
     const before = await array.volume('vm').read(0, SIZE);
     await array.volume('vm').write(0, pattern(EXTENT, 11), { fua: false });
     const changed = await array.volume('vm').read(0, SIZE);
-    const remapInto = await job(array.backups.restore({ source: `file:${path.join(media, 'flipped.tbk')}`, to: 'vm', method: 'remap', create: false }).jobId);
+    const remapInto = await job((await array.backups.restore({ source: `file:${path.join(media, 'flipped.tbk')}`, to: 'vm', method: 'remap', create: false })).jobId);
     assert.equal(remapInto.state, 'failed');
     assertSameBytes(await array.volume('vm').read(0, SIZE), changed, 'remap of a damaged stream leaves the volume as it was');
     assert.equal(array.volumeShow('vm').state, 'ready');
-    const writeback = await job(array.backups.restore({ source: `file:${path.join(media, 'short.tbk')}`, to: 'vm', method: 'writeback', create: false }).jobId);
+    const writeback = await job((await array.backups.restore({ source: `file:${path.join(media, 'short.tbk')}`, to: 'vm', method: 'writeback', create: false })).jobId);
     assert.equal(writeback.state, 'failed');
     assert.equal(array.volumeShow('vm').state, 'incomplete', 'a failed writeback never looks good');
     void before;
@@ -170,8 +170,8 @@ describe('backup and restore', () => {
     await assert.rejects(async () => array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'link', 'x.tbk')}` }), { code: 'INVALID_ARGUMENT' });
     await assert.rejects(async () => array.backups.create({ volume: 'vm', to: 'tape0' }), { code: 'INVALID_ARGUMENT' });
     assert.throws(() => array.backups.show('bk-999999'), { code: 'NOT_FOUND' });
-    assert.throws(() => array.backups.restore({ source: 'bk-000001', to: 'x', method: 'remap', create: true }), { code: 'NOT_FOUND' });
-    assert.throws(() => array.backups.restore({ source: `file:${media}/a`, to: 'vm', method: 'sideways' as 'remap', create: false }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(async () => array.backups.restore({ source: 'bk-000001', to: 'x', method: 'remap', create: true }), { code: 'NOT_FOUND' });
+    await assert.rejects(async () => array.backups.restore({ source: `file:${media}/a`, to: 'vm', method: 'sideways' as 'remap', create: false }), { code: 'INVALID_ARGUMENT' });
     assert.equal(array.backups.list().length, 0, 'nothing half-made');
   });
 });
