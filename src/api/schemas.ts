@@ -167,6 +167,10 @@ export const BackupIdParamsSchema = z.object({ id: BackupIdSchema });
 export const BackupCreateRequestSchema = z.strictObject({
   volume: VolumeNameSchema.meta({ description: 'The volume to back up.', examples: ['vm1-disk0'] }),
   to: mediumSchema('Where the stream goes: file:/ABS/PATH (plain file, FIFO or tape device) or dir:/ABS/DIR (cartridges; needs mediaSizeBytes). Must lie under one of the daemon\'s --media-root directories.'),
+  incremental: z
+    .boolean({ error: 'expected true or false' })
+    .optional()
+    .meta({ description: "Only the extents changed since the volume's previous complete backup (a full backup when there is none)." }),
   mediaSizeBytes: sizeSchema({ minBytes: 1, description: 'dir: media: the size of each cartridge file, label included (bytes or "1G").' }).optional(),
   labels: z
     .array(z.string().max(200, { error: 'must be at most 200 characters' }), { error: 'expected a list of strings' })

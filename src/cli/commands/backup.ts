@@ -32,15 +32,17 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
     .description('back up VOLUME to MEDIUM as of now; returns once the point in time is taken with --no-wait, else follows the job')
     .argument('<volume>', 'the volume to back up')
     .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root')
+    .option('--incremental', "only the extents changed since the volume's previous backup (full when there is none)")
     .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
     .option('--label <text>', 'a label kept in the catalog (repeatable)', collect)
     .option('--description <text>', 'free text kept in the catalog')
     .option('--no-wait', 'return once the point in time is taken; print the job id instead of following it')
-    .action(async (volume: string, options: { to: string; mediaSize?: string; label?: string[]; description?: string; wait: boolean }, command: Command) => {
+    .action(async (volume: string, options: { to: string; incremental?: boolean; mediaSize?: string; label?: string[]; description?: string; wait: boolean }, command: Command) => {
       const context = CliContext.of(command, io);
       const body = {
         volume,
         to: resolveMediumArgument(options.to),
+        ...(options.incremental ? { incremental: true } : {}),
         ...(options.mediaSize === undefined ? {} : { mediaSizeBytes: parseSizeOption(options.mediaSize, '--media-size') }),
         ...(options.label === undefined ? {} : { labels: options.label }),
         ...(options.description === undefined ? {} : { description: options.description }),
@@ -148,7 +150,7 @@ function formatBackup(entry: BackupEntry): string {
     ['volume', `${entry.volumeName} (${formatBytes(entry.capacityBytes)}, uuid ${entry.volumeUuid})`],
     ['state', entry.state],
     ['point in time', entry.pointInTime],
-    ['method', `${entry.method}, ${entry.kind}, generation ${entry.generation}`],
+    ['method', `${entry.method}, ${entry.kind}${entry.parentId === null ? '' : ` on ${entry.parentId}`}, generation ${entry.generation}`],
     ['medium', entry.medium],
     ['bytes', `${entry.streamBytes} (${formatBytes(entry.streamBytes)} stream, ${formatBytes(entry.dataBytes)} data)`],
     ['extents', `${entry.extents} of ${formatBytes(entry.extentBytes)}`],

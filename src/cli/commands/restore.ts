@@ -11,6 +11,8 @@ const jobPath = (id: string): string => `/jobs/${encodeURIComponent(id)}`;
 interface RestoreResult {
   volume?: string;
   method?: string;
+  /** The backups applied, oldest first (an incremental brings its chain). */
+  backups?: string[];
   records?: number;
   dataBytes?: number;
 }
@@ -41,5 +43,6 @@ export function registerRestoreCommand(program: Command, io: CliIo): void {
 
 function describeRestored(result: RestoreResult | undefined, volume: VolumeInfo): string {
   const extents = result?.records === undefined ? '' : `${result.records} extents, ${formatBytes(result.dataBytes ?? 0)}; `;
-  return `restored into ${volume.name} by ${result?.method ?? '?'}: ${extents}${formatBytes(volume.capacityBytes)} capacity, ${formatBytes(volume.allocatedBytes)} allocated, state ${volume.state}`;
+  const chain = result?.backups === undefined || result.backups.length === 0 ? '' : ` from ${result.backups.join(' + ')}`;
+  return `restored into ${volume.name}${chain} by ${result?.method ?? '?'}: ${extents}${formatBytes(volume.capacityBytes)} capacity, ${formatBytes(volume.allocatedBytes)} allocated, state ${volume.state}`;
 }
