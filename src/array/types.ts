@@ -7,7 +7,7 @@ import type { BlockDevice } from '../volume/block-device.js';
 import type { JobInfo } from '../jobs/job-manager.js';
 import type { CopyInfo } from '../copy/copies.js';
 import type { BackupEntry } from '../backup/catalog.js';
-import type { BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
+import type { BackupCandidate, BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
 
 export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manager.js';
 export type { CopyInfo } from '../copy/copies.js';
@@ -123,6 +123,10 @@ export interface BackupsApi {
   show(id: string): BackupEntry;
   /** Removes the catalog entry; with purgeMedia also the file or cartridges it names. */
   delete(id: string, purgeMedia: boolean): Promise<void>;
+  /** Media roots able to take the next backup of a volume, with free space and estimated sizes. */
+  candidates(volume: string): Promise<BackupCandidate[]>;
+  /** Copies a complete backup to another medium as a new catalog entry linked to it (a job). */
+  copy(id: string, to: string, mediaSizeBytes?: number): Promise<BackupEntry>;
   /** Reads a catalog id's medium, or a medium, to its end, checking everything (a job). */
   verify(source: string): Promise<{ jobId: string }>;
   /** Restores a catalog id or a medium into a volume by remap or writeback (a job). */

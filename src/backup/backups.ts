@@ -66,6 +66,7 @@ export interface RestoreRequest {
 }
 
 const BACKUP_JOB = 'backup';
+const COPY_JOB = 'backup-copy';
 const RESTORE_JOB = 'restore';
 const VERIFY_JOB = 'verify';
 
@@ -84,6 +85,7 @@ export class BackupManager {
     host.jobs.register({ name: BACKUP_JOB, resumable: false, run: (ctx, params) => this.#runBackup(ctx, params) });
     host.jobs.register({ name: RESTORE_JOB, resumable: false, run: (ctx, params) => this.#runRestore(ctx, params) });
     host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
+    host.jobs.register({ name: COPY_JOB, resumable: false, run: (ctx, params) => this.#runCopy(ctx, params) });
   }
 
   /** At open: backups cut by a crash or restart end failed, and their views are dropped. */
@@ -228,6 +230,100 @@ export class BackupManager {
     return entry;
   }
 
+  // ---- candidates and copies of backups (seed 003) ---------------------------------------------
+
+  /**
+   * Where the next backup of `volume` can go: each media root with its free space, the size a full
+   * and an incremental backup would need now, and whether they fit.
+   */
+  async candidates(volumeName: string): Promise<BackupCandidate[]> {
+    const volume = this.#host.volume(volumeName);
+    const fullBytes = volume.allocatedBytes + BACKUP_OVERHEAD_BYTES + volume.map.mappedCount * RECORD_OVERHEAD_BYTES;
+    let changedExtents = 0;
+    if (volume.changes) for (const extent of volume.changes.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
+    const incrementalBytes = volume.changes && this.#host.trackingBase(volume) ? changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES : null;
+    const candidates: BackupCandidate[] = [];
+    for (const root of this.#mediaRoots) {
+      const stats = await fs.promises.statfs(root).catch(() => undefined);
+      const freeBytes = stats ? stats.bavail * stats.bsize : 0;
+      candidates.push({
+        medium: `file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, freeBytes, fullBytes, incrementalBytes,
+        fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes,
+      });
+    }
+    return candidates;
+  }
+
+  /** `backup copy ID --to MEDIUM`: the stream copied as it is, checked, and catalogued as a copy of ID. */
+  async copy(id: string, to: string, mediaSizeBytes?: number): Promise<BackupEntry> {
+    const original = this.#entry(id);
+    if (original.state !== 'complete') throw new ThinError('CONFLICT', `backup ${id} is ${original.state}; only a complete backup can be copied`);
+    const medium = await this.#checkedMedium(to, 'to');
+    if (formatMedium(medium) === original.medium) throw new ThinError('INVALID_ARGUMENT', 'to: the copy must go to another medium', { field: 'to' });
+    const number = this.catalog.nextNumber();
+    const copyId = `bk-${String(number).padStart(6, '0')}`;
+    this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: original.id, createdAt: new Date().toISOString() });
+    const job = this.#host.jobs.start(COPY_JOB, { copyId, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
+    this.catalog.setJob(copyId, job.id);
+    return this.catalog.get(copyId)!;
+  }
+
+  async #runCopy(ctx: JobContext, params: unknown): Promise<unknown> {
+    const { copyId, mediaSizeBytes } = params as { copyId: string; mediaSizeBytes: number | null };
+    const entry = this.#entry(copyId);
+    const original = this.#entry(entry.copiedFrom!);
+    let writer: MediumWriter | undefined;
+    try {
+      // The stream keeps its own backup id and header: the copy carries the management information.
+      const reader = await this.#openReader(await this.#checkedMedium(original.medium, 'source'), this.#streamIdOf(original));
+      try {
+        writer = await this.#openWriter(parseMedium(entry.medium), this.#streamIdOf(original), mediaSizeBytes ?? undefined);
+        ctx.setTotal(original.streamBytes);
+        for (let chunk = await reader.read(); chunk; chunk = await reader.read()) {
+          if (ctx.signal.aborted) throw ctx.signal.reason;
+          await writer.write(chunk);
+          ctx.addDone(chunk.length);
+        }
+        await writer.close();
+      } finally {
+        await reader.close().catch(() => undefined);
+      }
+      const check = await this.#readThrough(parseMedium(entry.medium), this.#streamIdOf(original));
+      if (check.digest !== original.digest) throw new ThinError('CORRUPT', `the copy on ${entry.medium} reads back with digest ${check.digest}, not ${original.digest}`);
+      this.catalog.complete(copyId, { streamBytes: check.streamBytes, dataBytes: original.dataBytes, extents: original.extents, digest: check.digest, pointInTime: original.pointInTime });
+      return { backupId: copyId, copiedFrom: original.id, digest: check.digest };
+    } catch (error) {
+      await writer?.abort().catch(() => undefined);
+      this.catalog.fail(copyId, errorMessage(error));
+      throw error;
+    }
+  }
+
+  /** The id the stream on an entry's medium carries: a copy's stream is its original's, byte for byte. */
+  #streamIdOf(entry: BackupEntry): string {
+    let current = entry;
+    while (current.copiedFrom) {
+      const original = this.catalog.get(current.copiedFrom);
+      if (!original) break;
+      current = original;
+    }
+    return current.copiedFrom ?? current.id;
+  }
+
+  /** One checking pass over a medium: the stream's digest and size. */
+  async #readThrough(medium: Medium, backupId: string | undefined): Promise<{ digest: string; streamBytes: number }> {
+    const reader = await this.#openReader(medium, backupId);
+    try {
+      const stream = new BackupStreamReader(reader);
+      await stream.readHeader();
+      for await (const record of stream.records()) void record;
+      const trailer = await stream.verifyTrailer();
+      return { digest: trailer.digestHex, streamBytes: trailer.streamBytes };
+    } finally {
+      await reader.close().catch(() => undefined);
+    }
+  }
+
   // ---- verify -------------------------------------------------------------------------------
 
   async verify(source: string): Promise<{ jobId: string }> {
@@ -238,7 +334,8 @@ export class BackupManager {
 
   async #runVerify(ctx: JobContext, params: unknown): Promise<unknown> {
     const { medium, backupId } = params as { medium: string; backupId: string | null };
-    const reader = await this.#openReader(parseMedium(medium), backupId ?? undefined);
+    const entryOfId = backupId ? this.catalog.get(backupId) : undefined;
+    const reader = await this.#openReader(parseMedium(medium), entryOfId ? this.#streamIdOf(entryOfId) : undefined);
     try {
       const stream = new BackupStreamReader(reader);
       const header = await stream.readHeader();
@@ -283,7 +380,7 @@ export class BackupManager {
     let previous: BackupHeader | undefined;
     for (const [link, entry] of chain.entries()) {
       const medium = entry ? await this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
-      const reader = await this.#openReader(medium, entry?.id ?? undefined);
+      const reader = await this.#openReader(medium, entry ? this.#streamIdOf(entry) : undefined);
       try {
         const stream = new BackupStreamReader(reader);
         const header = await stream.readHeader();
@@ -426,6 +523,22 @@ export class BackupManager {
   #openReader(medium: Medium, backupId: string | undefined): Promise<MediumReader> {
     return openMediumReader(medium, { roots: this.#mediaRoots, ...(backupId === undefined ? {} : { backupId }) });
   }
+}
+
+/** Estimates for candidates: the stream's header and per-record framing (docs/format.md). */
+const BACKUP_OVERHEAD_BYTES = 64 * 1024;
+const RECORD_OVERHEAD_BYTES = 48;
+
+export interface BackupCandidate {
+  /** A medium to pass to `backup create --to` (replace <id>). */
+  medium: string;
+  root: string;
+  freeBytes: number;
+  fullBytes: number;
+  /** Null when no incremental is possible (no complete backup to build on). */
+  incrementalBytes: number | null;
+  fitsFull: boolean;
+  fitsIncremental: boolean;
 }
 
 function viewName(backupId: string): string {

@@ -120,6 +120,30 @@ describe('backup and restore', () => {
     assert.equal(array.backups.show(second.id).parentId, incremental.id);
   });
 
+  test('candidates name the media roots with room; a backup copy keeps its management information', async () => {
+    await makeSource();
+    const [candidate] = await array.backups.candidates('vm');
+    assert.equal(candidate!.root, media);
+    assert.ok(candidate!.freeBytes > 0 && candidate!.fitsFull);
+    assert.ok(candidate!.fullBytes >= array.volumeShow('vm').allocatedBytes);
+    assert.equal(candidate!.incrementalBytes, null, 'no backup yet: no incremental');
+    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'a.tbk')}`, labels: ['weekly'], description: 'kept' });
+    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    fs.mkdirSync(path.join(media, 'vault'));
+    const copy = await array.backups.copy(full.id, `dir:${path.join(media, 'vault')}`, 2 * MiB);
+    const copied = await job(copy.jobId!);
+    assert.equal(copied.state, 'succeeded', JSON.stringify(copied.error));
+    const entry = array.backups.show(copy.id);
+    assert.equal(entry.copiedFrom, full.id);
+    assert.equal(entry.digest, array.backups.show(full.id).digest);
+    assert.deepEqual(entry.labels, ['weekly']);
+    assert.ok(fs.readdirSync(path.join(media, 'vault')).length >= 2, 'spread over cartridges');
+    const restore = await job((await array.backups.restore({ source: copy.id, to: 'fromcopy', method: 'remap', create: true })).jobId);
+    assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
+    assertSameBytes(await array.volume('fromcopy').read(0, SIZE), await array.volume('vm').read(0, SIZE), 'restore from the copy');
+    assert.equal((await array.backups.candidates('vm'))[0]!.incrementalBytes !== null, true);
+  });
+
   test('a FIFO carries a backup straight into a restore', async () => {
     const pointInTime = await makeSource();
     const fifo = path.join(media, 'pipe');
