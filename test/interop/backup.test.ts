@@ -203,7 +203,7 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
 
     const restore = await daemon.cli(['restore', started.id, '--to', 'fs-copy', '--create'], { timeoutMs: JOB_TIMEOUT_MS });
     assertOk(restore, 'restore --create');
-    assert.match(restore.stdout, /restored into fs-copy by remap/);
+    assert.match(restore.stdout, /restored into fs-copy (from bk-\d+ )?by remap/);
     assert.equal(await volumeState('fs-copy'), 'ready');
 
     const copyFuseDir = path.join(daemon.home, 'fuse-copy');
