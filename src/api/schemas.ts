@@ -208,6 +208,7 @@ export const RestoreRequestSchema = z.strictObject({
   to: VolumeNameSchema.meta({ description: 'The volume to restore into.', examples: ['vm1-disk0-restored'] }),
   method: RestoreMethodSchema.default('remap'),
   create: z.boolean({ error: 'expected true or false' }).default(false).meta({ description: 'Create the volume `to` (with the backed-up capacity); it must not exist.' }),
+  force: z.boolean({ error: 'expected true or false' }).default(false).meta({ description: 'Restore even though hosts have the volume open read-write over NBD.' }),
 });
 
 export const JobStartedSchema = z.object({ jobId: z.string().meta({ description: 'The job doing the work (see /jobs/{id}).' }) });

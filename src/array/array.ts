@@ -292,6 +292,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     const volume = this.#volumes.get(name);
     if (!volume || volume.row.attr === 'work') return undefined; // working volumes are never exported
     if (volume.row.state === 'copying') return new ReadOnlyDevice(volume, 'a copy into it is in progress');
+    if (volume.row.state === 'restoring') return new ReadOnlyDevice(volume, 'a restore into it is in progress');
     return volume;
   }
 
@@ -379,7 +380,14 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
   }
 
   isBusy(volume: Volume): boolean {
-    return this.copies.busyWith(volume) !== undefined;
+    return this.copies.busyWith(volume) !== undefined || volume.row.state === 'restoring';
+  }
+
+  /** Set by the daemon: NBD connections holding an export read-write. */
+  exportWritersHook: ((name: string) => number) | undefined;
+
+  exportWriters(name: string): number {
+    return this.exportWritersHook?.(name) ?? 0;
   }
 
   startJobs(): void {

@@ -136,6 +136,8 @@ export interface BackupsApi {
 export interface StorageArrayApi {
   readonly jobs: JobsApi;
   readonly backups: BackupsApi;
+  /** Set by the daemon once NBD serves: how many connections hold an export read-write. */
+  exportWritersHook: ((name: string) => number) | undefined;
   /** At daemon start, after every job kind is registered: resumes (or fails) jobs a previous run left. */
   startJobs(): void;
 

@@ -41,6 +41,9 @@ export interface BackupHost {
   setVolumeState(volume: Volume, state: string): void;
   setVolumeCapacity(volume: Volume, capacityBytes: number): void;
   isBusy(volume: Volume): boolean;
+  /** NBD connections that have the volume open read-write now. */
+  exportWriters(name: string): number;
+  deleteVolume(name: string): Promise<void>;
   trackingBase(volume: Volume): string | undefined;
   setTrackingBase(volume: Volume, backupId: string | undefined): void;
   sync(): Promise<void>;
@@ -63,6 +66,8 @@ export interface RestoreRequest {
   to: string;
   method: 'remap' | 'writeback';
   create: boolean;
+  /** Restore even though hosts have the volume open read-write over NBD. */
+  force?: boolean;
 }
 
 const BACKUP_JOB = 'backup';
@@ -328,6 +333,9 @@ export class BackupManager {
 
   async verify(source: string): Promise<{ jobId: string }> {
     const { medium, backupId } = await this.#resolveSource(source);
+    if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
+      throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
+    }
     const job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId }, `verify ${source}`);
     return { jobId: job.id };
   }
@@ -366,7 +374,14 @@ export class BackupManager {
     if (!exists && !request.create) throw new ThinError('NOT_FOUND', `volume ${request.to} does not exist (add --create to make it)`, { field: 'to' });
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
     if (exists && this.#host.isBusy(this.#host.volume(request.to))) {
-      throw new ThinError('BUSY', `volume ${request.to} is part of a running copy or backup; restore into it once that is done`, { field: 'to' });
+      throw new ThinError('BUSY', `volume ${request.to} is part of a running copy, backup or restore; restore into it once that is done`, { field: 'to' });
+    }
+    const writers = exists ? this.#host.exportWriters(request.to) : 0;
+    if (writers > 0 && request.force !== true) {
+      throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
+    }
+    if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
+      throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
     }
     const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, ...request }, `${request.method} restore of ${request.source} to ${request.to}`);
     return { jobId: job.id };
@@ -433,7 +448,7 @@ export class BackupManager {
     try {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        const [physicalExtent] = pool.allocate(1);
+        const [physicalExtent] = pool.reserve(1); // persisted as allocated only once the map is installed
         placed.push({ sourceExtent: record.sourceExtent, physicalExtent: physicalExtent! });
         const whole = Buffer.alloc(volume.extentBytes);
         record.data.copy(whole);
@@ -443,14 +458,18 @@ export class BackupManager {
       await stream.verifyTrailer();
     } catch (error) {
       for (const { physicalExtent } of placed) pool.free(physicalExtent); // never mapped: the volume is as it was
-      // An existing volume is untouched; one made for this restore never held the data: say so.
-      this.#host.setVolumeState(volume, created ? 'incomplete' : 'ready');
+      // An existing volume is untouched; one made for this restore goes again: as it was, nothing.
+      this.#host.setVolumeState(volume, 'ready');
+      if (created) await this.#host.deleteVolume(volume.name);
       throw error;
     }
     // The remap itself: capacity back to the original's, every old extent out, the table in.
     this.#host.setVolumeCapacity(volume, Math.max(volume.sizeBytes, header.sourceCapacityBytes));
     for (const { extentIndex } of [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)]) pool.free(volume.map.unmap(extentIndex));
-    for (const { sourceExtent, physicalExtent } of placed) volume.map.map(sourceExtent, physicalExtent);
+    for (const { sourceExtent, physicalExtent } of placed) {
+      volume.map.map(sourceExtent, physicalExtent);
+      pool.confirm(physicalExtent);
+    }
     this.#host.setVolumeState(volume, 'ready');
   }
 
@@ -513,7 +532,13 @@ export class BackupManager {
     if (medium.kind === 'stdio' || medium.kind === 'volume') {
       throw new ThinError('UNSUPPORTED', `${field}: ${text} media are not supported by this daemon yet; use file:PATH or dir:PATH`, { field });
     }
-    return { kind: medium.kind, path: await resolveUnderRoots(medium.path, this.#mediaRoots) };
+    try {
+      return { kind: medium.kind, path: await resolveUnderRoots(medium.path, this.#mediaRoots) };
+    } catch (error) {
+      // Name the request's field, as every validation error does.
+      if (isThinError(error)) throw new ThinError(error.code, `${field}: ${error.message}`, { field, cause: error });
+      throw error;
+    }
   }
 
   #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined): Promise<MediumWriter> {

@@ -167,10 +167,16 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
     if (!this.#header) return;
     for (let extent = 0; extent < this.row.metadataExtents; extent++) {
       if (this.target.map.lookup(extent) >= 0) continue;
-      const [physical] = this.#context.pool.allocate(1);
+      const [physical] = this.#context.pool.reserve(1);
       const data = this.#header.subarray(extent * this.extentBytes, (extent + 1) * this.extentBytes);
-      await this.#writePhysical(physical!, [data]);
+      try {
+        await this.#writePhysical(physical!, [data]);
+      } catch (error) {
+        this.#context.pool.free(physical!);
+        throw error;
+      }
       this.target.map.map(extent, physical!);
+      this.#context.pool.confirm(physical!);
     }
   }
 
@@ -209,7 +215,7 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
       // a batch's new extents adjacent too).
       await Promise.all(adjacentRuns(items.map((item) => item.sourcePhysical), sameDisk).map(([first, count]) =>
         this.#readPhysical(items[first]!.sourcePhysical, items.slice(first, first + count).map((item) => item.buffer))));
-      const targets = pool.allocate(items.length);
+      const targets = pool.reserve(items.length); // persisted as allocated only once mapped
       try {
         await Promise.all(adjacentRuns(targets, sameDisk).map(([first, count]) =>
           this.#writePhysical(targets[first]!, items.slice(first, first + count).map((item) => item.buffer))));
@@ -224,6 +230,7 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
           return;
         }
         this.target.map.map(this.targetExtentOf(item.index), targets[i]!);
+        pool.confirm(targets[i]!);
         this.#settle(item.index);
         copiedBytes += this.extentBytes;
       });

@@ -81,6 +81,9 @@ async function startServices(config: DaemonConfig, paths: HomePaths, logger: Log
   let nbdServer: NbdServer | undefined;
   const metrics = new DaemonMetrics(array, () => nbdServer?.connectionCount ?? 0);
   nbdServer = createNbdServer(config, array, logger, metrics);
+  const server = nbdServer;
+  // A restore into a volume hosts have open read-write is refused unless forced.
+  array.exportWritersHook = (name) => server.writersOf(name);
   const nbdAddress = await nbdServer.listen(config.nbdListen.host, config.nbdListen.port);
   const nbdServerToClose = nbdServer;
 

@@ -27,6 +27,8 @@ export class NbdConnection {
   private socket: Socket;
   private phase: Phase = 'handshake';
   private transmission: Transmission | undefined;
+  /** The export being served and whether hosts may write it, once in transmission. */
+  served: { exportName: string; writable: boolean } | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -132,6 +134,7 @@ export class NbdConnection {
   }
 
   private enterTransmission(negotiated: Negotiated, leftover: Buffer[]): void {
+    this.served = { exportName: negotiated.exportName, writable: !negotiated.device.readOnly };
     clearTimeout(this.handshakeTimer);
     this.logger.info(
       { export: negotiated.exportName, structured: negotiated.structured, contexts: negotiated.contexts.map((c) => c.context.name) },

@@ -52,6 +52,15 @@ export class NbdServer {
     return this.connections.size;
   }
 
+  /** Connections serving `exportName` read-write right now (a restore into it is refused). */
+  writersOf(exportName: string): number {
+    let writers = 0;
+    for (const connection of this.connections) {
+      if (connection.served?.exportName === exportName && connection.served.writable) writers++;
+    }
+    return writers;
+  }
+
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       const onError = (error: Error) => reject(error);

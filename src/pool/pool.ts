@@ -46,12 +46,20 @@ export class PoolDisk {
     this.dirtyPages.add(Math.floor(localExtent / LIMITS.bitmapBitsPerPage));
   }
 
-  /** The page as a blob for the store, or null when all clear (the row is then deleted). */
-  pageBlob(pageIndex: number): Buffer | null {
+  /**
+   * The page as a blob for the store, or null when all clear (the row is then deleted).
+   * `reservedLocal` bits are written clear: extents allocated but not mapped yet must not become
+   * durable as allocated, or a crash would leak them.
+   */
+  pageBlob(pageIndex: number, reservedLocal: Iterable<number>): Buffer | null {
     const start = pageIndex * BITMAP_WORDS_PER_PAGE;
-    const words = this.bitmap.words.subarray(start, Math.min(start + BITMAP_WORDS_PER_PAGE, this.bitmap.words.length));
+    const words = this.bitmap.words.slice(start, Math.min(start + BITMAP_WORDS_PER_PAGE, this.bitmap.words.length));
+    for (const local of reservedLocal) {
+      const word = (local >>> 5) - start;
+      if (word >= 0 && word < words.length) words[word]! &= ~(1 << (local & 31));
+    }
     if (words.every((word) => word === 0)) return null;
-    return Buffer.from(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength));
+    return Buffer.from(words.buffer);
   }
 }
 
@@ -83,6 +91,8 @@ export class Pool {
   /** Extents whose free was committed but which are still pinned. */
   readonly #releaseWhenUnpinned = new Set<number>();
   readonly #pinCounts = new Map<number, number>();
+  /** Allocated for data being written before anything maps them (copies, restores): kept out of commits. */
+  readonly #reserved = new Set<number>();
   #nextDisk = 0;
   #fullLogged = false;
 
@@ -181,6 +191,23 @@ export class Pool {
    * Allocates `count` extents, all or none: a write never half-allocates before running out.
    * Disks take turns so that writes spread over devices.
    */
+  /**
+   * Like allocate, for extents that will be mapped only after their data is written: until
+   * `confirm`, they are not persisted as allocated, so a crash in between leaks nothing.
+   */
+  reserve(count: number): number[] {
+    const extents = this.allocate(count);
+    for (const extent of extents) this.#reserved.add(extent);
+    return extents;
+  }
+
+  /** A reserved extent is now mapped: the next commit persists it as allocated. */
+  confirm(extent: number): void {
+    assert(this.#reserved.delete(extent), `confirming extent ${extent} that is not reserved`);
+    const disk = this.#diskOf(extent);
+    disk.markDirty(extent - disk.row.firstExtent);
+  }
+
   allocate(count: number): number[] {
     const available = this.extentsTotal - this.extentsUsed;
     if (count > available) {
@@ -228,6 +255,7 @@ export class Pool {
 
   /** An extent no longer mapped by anyone; it becomes allocatable only after a commit. */
   free(extent: number): void {
+    this.#reserved.delete(extent);
     const disk = this.#diskOf(extent);
     assert(disk.bitmap.get(extent - disk.row.firstExtent), `freeing extent ${extent} that is not allocated`);
     this.#freeing.push(extent);
@@ -262,7 +290,8 @@ export class Pool {
     }
     const bitmapPages: PoolCommitSnapshot['bitmapPages'] = [];
     for (const disk of this.#disks) {
-      for (const pageIndex of disk.dirtyPages) bitmapPages.push({ diskId: disk.row.id, pageIndex, blob: disk.pageBlob(pageIndex) });
+      const reservedLocal = [...this.#reserved].filter((extent) => extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount).map((extent) => extent - disk.row.firstExtent);
+      for (const pageIndex of disk.dirtyPages) bitmapPages.push({ diskId: disk.row.id, pageIndex, blob: disk.pageBlob(pageIndex, reservedLocal) });
       disk.dirtyPages.clear();
     }
     // Frees of a failed earlier commit: bits already clear in memory, their pages dirty again.
@@ -326,9 +355,9 @@ export class Pool {
     }
   }
 
-  /** Unmapped since the last commit started (still counted as allocated until it commits). */
+  /** Extents allocated but legitimately mapped by nobody right now: frees not yet committed, reservations. */
   freeingExtents(): ReadonlySet<number> {
-    return new Set(this.#freeing);
+    return new Set([...this.#freeing, ...this.#reserved]);
   }
 
   isAllocated(extent: number): boolean {

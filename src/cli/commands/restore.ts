@@ -29,10 +29,11 @@ export function registerRestoreCommand(program: Command, io: CliIo): void {
         .default('remap'),
     )
     .option('--create', 'create the volume (with the backed-up capacity); it must not exist')
+    .option('--force', 'restore even though hosts have the volume open read-write')
     .option('--no-wait', 'print the job id instead of following it')
-    .action(async (source: string, options: { to: string; method: 'remap' | 'writeback'; create?: boolean; wait: boolean }, command: Command) => {
+    .action(async (source: string, options: { to: string; method: 'remap' | 'writeback'; create?: boolean; force?: boolean; wait: boolean }, command: Command) => {
       const context = CliContext.of(command, io);
-      const body = { source: resolveMediumArgument(source), to: options.to, method: options.method, create: options.create === true };
+      const body = { source: resolveMediumArgument(source), to: options.to, method: options.method, create: options.create === true, force: options.force === true };
       const { jobId } = await context.api().post<{ jobId: string }>('/restores', body);
       const info = await finishStartedJob(context, await context.api().get<JobInfo>(jobPath(jobId)), { noWait: !options.wait });
       if (!options.wait || context.json) return;
