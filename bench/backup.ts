@@ -1,0 +1,593 @@
+// Backup / restore benchmark (SPEC §4): a thin volume with a small used fraction, backed up by
+// thinarray and, side by side in the same run, copied by `nbdcopy` (to a sparse file) and
+// `qemu-img convert -O qcow2` from the same NBD export, against the limit — `cp` of the used bytes
+// once, page cache warm. Restore (remap and writeback) against the same limit; an incremental
+// after changing a small fraction of the data against the full.
+//
+//   npm run build && node dist/bench/backup.js [options]      (see bench/README.md)
+//
+// Every measurement is repeated --reps times, interleaved (rep 1: backup, nbdcopy, qemu-img, cp,
+// restores, incremental; rep 2 …), and the median is reported, because this 2-core machine is noisy.
+
+import { randomFillSync } from 'node:crypto';
+import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { startDaemon, REPO_ROOT, type Daemon } from '../test/helpers/daemon.js';
+import { requireTools, run, runOk } from '../test/helpers/tools.js';
+
+// ---- configuration ----------------------------------------------------------------------------
+
+interface Config {
+  volumeBytes: number;
+  dataBytes: number;
+  chunkBytes: number;
+  changePercent: number;
+  reps: number;
+  seed: number;
+  stepTimeoutS: number;
+  json: boolean;
+  outPath: string | undefined;
+  noSave: boolean;
+}
+
+const USAGE = `usage: node dist/bench/backup.js [options]
+  --volume-size SIZE  capacity of the volume backed up (default 8G; env BENCH_VOLUME_SIZE)
+  --data SIZE         random data scattered over it (default 1G; env BENCH_DATA)
+  --chunk SIZE        size of each scattered piece, at aligned random offsets (default 64K = one extent)
+  --change PERCENT    share of the used data changed before the incremental (default 2)
+  --reps N            interleaved repetitions, median reported (default 3; env BENCH_REPS)
+  --seed N            seed of the offsets (default 1)
+  --step-timeout SEC  bound of every step (default 600)
+  --json              print the result as JSON instead of a table
+  --out FILE          result file (default bench/results/backup-<date>.json)
+  --no-save           do not write a result file
+  --quick             --volume-size 1G --data 128M --reps 1 (smoke run)`;
+
+function parseSize(text: string): number {
+  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(text.trim());
+  if (m === null) throw new Error(`bad size '${text}' (use e.g. 64K, 256M, 1G)`);
+  const shift = { '': 0, K: 10, M: 20, G: 30, T: 40 }[(m[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  return Number(m[1]) * 2 ** shift;
+}
+
+function parsePositive(name: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got '${text}'`);
+  return n;
+}
+
+function parseArgs(argv: string[]): Config {
+  const env = process.env;
+  const config: Config = {
+    volumeBytes: parseSize(env.BENCH_VOLUME_SIZE ?? '8G'),
+    dataBytes: parseSize(env.BENCH_DATA ?? '1G'),
+    chunkBytes: 64 << 10,
+    changePercent: 2,
+    reps: Math.floor(parsePositive('BENCH_REPS', env.BENCH_REPS ?? '3')),
+    seed: 1,
+    stepTimeoutS: 600,
+    json: false,
+    outPath: undefined,
+    noSave: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${arg} needs a value`);
+      return v;
+    };
+    switch (arg) {
+      case '--volume-size': config.volumeBytes = parseSize(value()); break;
+      case '--data': config.dataBytes = parseSize(value()); break;
+      case '--chunk': config.chunkBytes = parseSize(value()); break;
+      case '--change': config.changePercent = parsePositive('--change', value()); break;
+      case '--reps': config.reps = Math.floor(parsePositive('--reps', value())); break;
+      case '--seed': config.seed = Math.floor(parsePositive('--seed', value())); break;
+      case '--step-timeout': config.stepTimeoutS = parsePositive('--step-timeout', value()); break;
+      case '--json': config.json = true; break;
+      case '--out': config.outPath = value(); break;
+      case '--no-save': config.noSave = true; break;
+      case '--quick':
+        config.volumeBytes = 1 << 30; config.dataBytes = 128 << 20; config.reps = 1;
+        break;
+      case '-h': case '--help':
+        console.log(USAGE);
+        process.exit(0);
+        break;
+      default:
+        throw new Error(`unknown argument '${arg}'\n${USAGE}`);
+    }
+  }
+  const MiB = 1 << 20;
+  if (config.chunkBytes < 4096 || (config.chunkBytes & (config.chunkBytes - 1)) !== 0) throw new Error('--chunk must be a power of two, at least 4K');
+  if (config.dataBytes < MiB || config.dataBytes % config.chunkBytes !== 0) throw new Error('--data must be a multiple of --chunk, at least 1M');
+  if (config.volumeBytes % config.chunkBytes !== 0 || config.volumeBytes < 2 * config.dataBytes) throw new Error('--volume-size must be a multiple of --chunk and at least twice --data');
+  if (config.changePercent >= 50) throw new Error('--change must be below 50');
+  return config;
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+function log(message: string): void {
+  process.stderr.write(`[backup-bench] ${message}\n`);
+}
+
+const MiB = 1 << 20;
+
+function median(values: number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** xorshift32: reproducible offsets for a given --seed. */
+function prng(seed: number): () => number {
+  let x = (seed >>> 0) || 1;
+  return () => {
+    x ^= x << 13; x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5; x >>>= 0;
+    return x / 0x1_0000_0000;
+  };
+}
+
+/** `count` distinct integers from [0, n), in random order (partial Fisher–Yates). */
+function pickDistinct(n: number, count: number, random: () => number): number[] {
+  const slots = new Uint32Array(n);
+  for (let i = 0; i < n; i++) slots[i] = i;
+  for (let i = 0; i < count; i++) {
+    const j = i + Math.floor(random() * (n - i));
+    const t = slots[i]!; slots[i] = slots[j]!; slots[j] = t;
+  }
+  return Array.from(slots.subarray(0, count));
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return (performance.now() - t0) / 1000;
+}
+
+/** Apparent size and allocated bytes (what `du --block-size=1` reports) of a file. */
+async function fileSizes(path: string): Promise<{ apparentBytes: number; allocatedBytes: number }> {
+  const s = await stat(path);
+  return { apparentBytes: s.size, allocatedBytes: s.blocks * 512 };
+}
+
+async function toolVersion(cmd: string, args: string[]): Promise<string> {
+  const r = await run(cmd, args, { timeoutMs: 10_000 }).catch(() => undefined);
+  return r === undefined ? 'unknown' : (r.stdout.trim() || r.stderr.trim()).split('\n')[0] ?? 'unknown';
+}
+
+// ---- the daemon's HTTP API --------------------------------------------------------------------
+
+interface JobInfo {
+  id: string;
+  state: string;
+  result?: unknown;
+  error?: { code: string; message: string };
+}
+
+interface BackupEntry {
+  id: string;
+  jobId: string | null;
+  kind: string;
+  state: string;
+  streamBytes: number;
+  dataBytes: number;
+  extents: number;
+  error: string | null;
+}
+
+class Api {
+  readonly #base: string;
+  readonly #token: string;
+  readonly #stepTimeoutMs: number;
+
+  constructor(daemon: Daemon, stepTimeoutMs: number) {
+    const url = daemon.apiUrl.replace(/\/+$/, '');
+    this.#base = url.endsWith('/api/v1') ? url : `${url}/api/v1`;
+    this.#token = daemon.token;
+    this.#stepTimeoutMs = stepTimeoutMs;
+  }
+
+  async call<T>(method: string, path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
+    const response = await fetch(`${this.#base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${this.#token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await response.text();
+    if (!response.ok) throw new Error(`${method} ${path} answered ${response.status}: ${text.slice(0, 2000)}`);
+    return (text === '' ? undefined : JSON.parse(text)) as T;
+  }
+
+  /** Waits for a job to end (bounded by the step timeout); throws unless it succeeded. */
+  async waitJob(jobId: string): Promise<JobInfo> {
+    const deadline = Date.now() + this.#stepTimeoutMs;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        await this.call('POST', `/jobs/${encodeURIComponent(jobId)}/cancel`).catch(() => undefined);
+        throw new Error(`job ${jobId} did not end within ${this.#stepTimeoutMs} ms; cancelled`);
+      }
+      const waitMs = Math.max(1, Math.min(30_000, left));
+      const info = await this.call<JobInfo>('GET', `/jobs/${encodeURIComponent(jobId)}?waitMs=${waitMs}`, undefined, waitMs + 30_000);
+      if (info.state === 'succeeded') return info;
+      if (info.state !== 'queued' && info.state !== 'running') {
+        throw new Error(`job ${jobId} ended ${info.state}: ${info.error ? `${info.error.code}: ${info.error.message}` : '(no error)'}`);
+      }
+    }
+  }
+
+  async backup(volume: string, to: string, incremental: boolean): Promise<BackupEntry> {
+    const created = await this.call<BackupEntry>('POST', '/backups', { volume, to, ...(incremental ? { incremental: true } : {}) });
+    if (created.jobId !== null) await this.waitJob(created.jobId);
+    return this.call<BackupEntry>('GET', `/backups/${encodeURIComponent(created.id)}`);
+  }
+
+  async restore(source: string, to: string, method: 'remap' | 'writeback', create: boolean): Promise<void> {
+    const { jobId } = await this.call<{ jobId: string }>('POST', '/restores', { source, to, method, create });
+    await this.waitJob(jobId);
+  }
+
+  createVolume(name: string, sizeBytes: number): Promise<unknown> {
+    return this.call('POST', '/volumes', { name, sizeBytes });
+  }
+
+  deleteVolume(name: string): Promise<unknown> {
+    return this.call('DELETE', `/volumes/${encodeURIComponent(name)}`);
+  }
+
+  async allocatedBytes(name: string): Promise<number> {
+    return (await this.call<{ allocatedBytes: number }>('GET', `/volumes/${encodeURIComponent(name)}`)).allocatedBytes;
+  }
+}
+
+// ---- data -------------------------------------------------------------------------------------
+
+const RANDOM_BLOCK = 8 * MiB;
+
+/**
+ * Writes `dataBytes` of random data twice: contiguous into `dense` (the limit's source) and in
+ * `chunkBytes` pieces at the random slots into the sparse `scattered` file of `volumeBytes`.
+ */
+async function makeData(config: Config, slots: number[], dense: string, scattered: string): Promise<void> {
+  const denseFile = await open(dense, 'w');
+  const sparseFile = await open(scattered, 'w');
+  try {
+    await sparseFile.truncate(config.volumeBytes);
+    const block = Buffer.alloc(RANDOM_BLOCK);
+    const perBlock = RANDOM_BLOCK / config.chunkBytes;
+    let chunk = 0;
+    for (let offset = 0; offset < config.dataBytes; offset += RANDOM_BLOCK) {
+      const length = Math.min(RANDOM_BLOCK, config.dataBytes - offset);
+      randomFillSync(block, 0, length);
+      await denseFile.write(block, 0, length, offset);
+      for (let k = 0; k < perBlock && chunk < slots.length; k++, chunk++) {
+        await sparseFile.write(block, k * config.chunkBytes, config.chunkBytes, slots[chunk]! * config.chunkBytes);
+      }
+    }
+  } finally {
+    await denseFile.close();
+    await sparseFile.close();
+  }
+}
+
+/** A sparse file of `volumeBytes` with fresh random data in the given extents (the change set). */
+async function makeChange(volumeBytes: number, extentBytes: number, extents: number[], path: string): Promise<void> {
+  const file = await open(path, 'w');
+  try {
+    await file.truncate(volumeBytes);
+    const data = Buffer.alloc(extentBytes);
+    for (const extent of [...extents].sort((a, b) => a - b)) {
+      randomFillSync(data);
+      await file.write(data, 0, extentBytes, extent * extentBytes);
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+// ---- measurement ------------------------------------------------------------------------------
+
+interface Sample {
+  rep: number;
+  step: string;
+  seconds: number;
+  apparentBytes?: number;
+  allocatedBytes?: number;
+}
+
+const STEPS = [
+  ['backup', 'thinarray backup (full)'],
+  ['nbdcopy', 'nbdcopy to a sparse file'],
+  ['qemu-img', 'qemu-img convert -O qcow2'],
+  ['limit', 'limit: cp of the used data'],
+  ['limit+sync', 'cp + sync (reference)'],
+  ['restore-remap', 'thinarray restore --method remap'],
+  ['restore-writeback', 'thinarray restore --method writeback'],
+  ['incremental', 'thinarray backup --incremental'],
+] as const;
+type StepName = (typeof STEPS)[number][0];
+
+interface StepSummary {
+  step: StepName;
+  label: string;
+  seconds: number;
+  apparentBytes: number | null;
+  allocatedBytes: number | null;
+  secondsAll: number[];
+}
+
+interface Floor {
+  name: string;
+  value: number;
+  limit: number;
+  pass: boolean;
+}
+
+function summarize(samples: Sample[]): StepSummary[] {
+  return STEPS.map(([step, label]) => {
+    const mine = samples.filter((s) => s.step === step);
+    const apparent = mine.map((s) => s.apparentBytes).filter((v): v is number => v !== undefined);
+    const allocated = mine.map((s) => s.allocatedBytes).filter((v): v is number => v !== undefined);
+    return {
+      step,
+      label,
+      seconds: median(mine.map((s) => s.seconds)),
+      apparentBytes: apparent.length === 0 ? null : median(apparent),
+      allocatedBytes: allocated.length === 0 ? null : median(allocated),
+      secondsAll: mine.map((s) => s.seconds),
+    };
+  });
+}
+
+function floors(rows: StepSummary[], usedBytes: number, changedFraction: number): { ratios: Record<string, number>; floors: Floor[] } {
+  const row = (step: StepName): StepSummary => rows.find((r) => r.step === step)!;
+  const limit = row('limit').seconds;
+  const full = row('backup');
+  const inc = row('incremental');
+  const ratios: Record<string, number> = {
+    'backup/limit': full.seconds / limit,
+    'backup/nbdcopy': full.seconds / row('nbdcopy').seconds,
+    'backup/qemu-img': full.seconds / row('qemu-img').seconds,
+    'nbdcopy/limit': row('nbdcopy').seconds / limit,
+    'qemu-img/limit': row('qemu-img').seconds / limit,
+    'backup/(cp+sync)': full.seconds / row('limit+sync').seconds,
+    'medium/used': (full.apparentBytes ?? Number.NaN) / usedBytes,
+    'nbdcopy allocated/used': (row('nbdcopy').allocatedBytes ?? Number.NaN) / usedBytes,
+    'qcow2/used': (row('qemu-img').apparentBytes ?? Number.NaN) / usedBytes,
+    'restore remap/limit': row('restore-remap').seconds / limit,
+    'restore writeback/limit': row('restore-writeback').seconds / limit,
+    'incremental time/(changed × full)': inc.seconds / (changedFraction * full.seconds),
+    'incremental size/(changed × full)': (inc.apparentBytes ?? Number.NaN) / (changedFraction * (full.apparentBytes ?? Number.NaN)),
+  };
+  const floor = (name: string, value: number, max: number): Floor => ({ name, value, limit: max, pass: Number.isFinite(value) && value <= max });
+  return {
+    ratios,
+    floors: [
+      floor('backup time / limit', ratios['backup/limit']!, 1.3),
+      floor('medium / used data', ratios['medium/used']!, 1.01),
+      floor('restore remap / limit', ratios['restore remap/limit']!, 1.5),
+      floor('restore writeback / limit', ratios['restore writeback/limit']!, 1.5),
+      floor('incremental time / (changed fraction × full)', ratios['incremental time/(changed × full)']!, 3),
+      floor('incremental size / (changed fraction × full)', ratios['incremental size/(changed × full)']!, 3),
+    ],
+  };
+}
+
+function formatTable(rows: StepSummary[], ratios: Record<string, number>, floorList: Floor[]): string {
+  const fmtBytes = (n: number | null): string => (n === null ? '-' : `${n}`);
+  const fmtMiB = (n: number | null): string => (n === null ? '-' : (n / MiB).toFixed(1));
+  const header = ['step', 'time s (median)', 'all reps s', 'size bytes', 'size MiB', 'allocated bytes', 'allocated MiB'];
+  const lines = rows.map((r) => [
+    r.label, r.seconds.toFixed(3), r.secondsAll.map((s) => s.toFixed(2)).join(' '),
+    fmtBytes(r.apparentBytes), fmtMiB(r.apparentBytes), fmtBytes(r.allocatedBytes), fmtMiB(r.allocatedBytes),
+  ]);
+  const render = (cells: string[][], head: string[]): string[] => {
+    const widths = head.map((h, i) => Math.max(h.length, ...cells.map((l) => l[i]!.length)));
+    const line = (c: string[]): string => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ');
+    return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.map(line)];
+  };
+  const out = render(lines, header);
+  out.push('');
+  out.push(...render(Object.entries(ratios).map(([k, v]) => [k, v.toFixed(3)]), ['ratio', 'value']));
+  out.push('');
+  out.push(...render(floorList.map((f) => [f.name, f.value.toFixed(3), `≤ ${f.limit}`, f.pass ? 'PASS' : 'FAIL']), ['floor', 'value', 'limit', 'result']));
+  return out.join('\n');
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+const VOLUME = 'bench';
+
+async function main(): Promise<void> {
+  const config = parseArgs(process.argv.slice(2));
+  await requireTools(['nbdcopy', 'nbdinfo', 'qemu-img']);
+  const stepTimeoutMs = config.stepTimeoutS * 1000;
+
+  const workDir = await mkdtemp(join(tmpdir(), 'thinarray-bench-backup-'));
+  const mediaDir = join(workDir, 'media');
+  await mkdir(mediaDir);
+  let daemon: Daemon | undefined;
+  let cleaned = false;
+  const cleanup = async (): Promise<void> => {
+    if (cleaned) return;
+    cleaned = true;
+    await daemon?.cleanup().catch(() => undefined);
+    await rm(workDir, { recursive: true, force: true });
+  };
+  const onSignal = (): void => {
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const samples: Sample[] = [];
+  const started = new Date();
+  let usedBytes = 0;
+  let extentBytes = 0;
+  let changedBytes = 0;
+  try {
+    const dense = join(workDir, 'data.raw');
+    const scattered = join(workDir, 'scattered.raw');
+    const random = prng(config.seed);
+    const chunkCount = config.dataBytes / config.chunkBytes;
+    const slots = pickDistinct(config.volumeBytes / config.chunkBytes, chunkCount, random);
+    log(`writing ${config.dataBytes / MiB} MiB of random data in ${chunkCount} pieces of ${config.chunkBytes >> 10} KiB scattered over ${config.volumeBytes / MiB} MiB`);
+    await makeData(config, slots, dense, scattered);
+
+    // A sparse pool big enough for the volume's data, a remap restore, a writeback restore and the views.
+    const poolBytes = Math.max(config.volumeBytes + 4 * config.dataBytes, 12 * 2 ** 30);
+    daemon = await startDaemon({ extraArgs: ['--media-root', mediaDir, '--pool-size', `${Math.ceil(poolBytes / MiB)}M`] });
+    const api = new Api(daemon, stepTimeoutMs);
+    extentBytes = (await api.call<{ extentBytes: number }>('GET', '/pool')).extentBytes;
+    if (config.chunkBytes % extentBytes !== 0) throw new Error(`--chunk ${config.chunkBytes} is not a multiple of the pool's ${extentBytes}-byte extents`);
+    await api.createVolume(VOLUME, config.volumeBytes);
+    const uri = daemon.nbdUri(VOLUME);
+    log('filling the volume with nbdcopy --destination-is-zero (holes skipped)');
+    await runOk('nbdcopy', ['--destination-is-zero', '--flush', scattered, uri], { timeoutMs: stepTimeoutMs });
+    await rm(scattered);
+    usedBytes = await api.allocatedBytes(VOLUME);
+    if (usedBytes !== config.dataBytes) throw new Error(`the volume has ${usedBytes} bytes allocated after the fill, expected ${config.dataBytes}`);
+
+    // The change set: whole extents inside the mapped pieces.
+    const extentsPerChunk = config.chunkBytes / extentBytes;
+    const mappedExtents = slots.flatMap((slot) => Array.from({ length: extentsPerChunk }, (_, k) => slot * extentsPerChunk + k));
+    const changeCount = Math.max(1, Math.round((config.changePercent / 100) * usedBytes / extentBytes));
+    changedBytes = changeCount * extentBytes;
+
+    const total = config.reps * STEPS.length;
+    let done = 0;
+    const record = (sample: Sample): void => {
+      samples.push(sample);
+      done += 1;
+      const size = sample.apparentBytes === undefined ? '' : `, ${(sample.apparentBytes / MiB).toFixed(1)} MiB${sample.allocatedBytes === undefined ? '' : ` (${(sample.allocatedBytes / MiB).toFixed(1)} MiB allocated)`}`;
+      log(`[${done}/${total}] rep ${sample.rep} ${sample.step}: ${sample.seconds.toFixed(3)} s${size}`);
+    };
+
+    for (let rep = 1; rep <= config.reps; rep++) {
+      // 1. thinarray full backup: from the request to the job's end.
+      const fullPath = join(mediaDir, `full-${rep}.tbk`);
+      let full: BackupEntry | undefined;
+      const backupS = await timed(async () => { full = await api.backup(VOLUME, `file:${fullPath}`, false); });
+      if (full!.state !== 'complete') throw new Error(`backup ${full!.id} is ${full!.state}: ${full!.error ?? ''}`);
+      record({ rep, step: 'backup', seconds: backupS, ...(await fileSizes(fullPath)) });
+
+      // 2. nbdcopy to a sparse file.
+      const sparseOut = join(workDir, 'sparse.raw');
+      const nbdcopyS = await timed(() => runOk('nbdcopy', [uri, sparseOut], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'nbdcopy', seconds: nbdcopyS, ...(await fileSizes(sparseOut)) });
+      await rm(sparseOut);
+
+      // 3. qemu-img convert to qcow2.
+      const qcow2 = join(workDir, 'out.qcow2');
+      const qemuS = await timed(() => runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, qcow2], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'qemu-img', seconds: qemuS, ...(await fileSizes(qcow2)) });
+      await rm(qcow2);
+
+      // 4. The limit: cp of the used data, page cache warm; then the same with the target synced.
+      const limitOut = join(mediaDir, 'limit.raw');
+      await runOk('dd', [`if=${dense}`, 'of=/dev/null', 'bs=8M', 'status=none'], { timeoutMs: stepTimeoutMs });
+      const cpS = await timed(() => runOk('cp', ['--sparse=never', dense, limitOut], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'limit', seconds: cpS, ...(await fileSizes(limitOut)) });
+      await rm(limitOut);
+      const cpSyncS = await timed(async () => {
+        await runOk('cp', ['--sparse=never', dense, limitOut], { timeoutMs: stepTimeoutMs });
+        await runOk('sync', [limitOut], { timeoutMs: stepTimeoutMs });
+      });
+      record({ rep, step: 'limit+sync', seconds: cpSyncS, ...(await fileSizes(limitOut)) });
+      await rm(limitOut);
+
+      // 5. Restores of the full backup: remap into a new volume, writeback into an existing empty one.
+      const remapS = await timed(() => api.restore(full!.id, 'restored', 'remap', true));
+      const remapAllocated = await api.allocatedBytes('restored');
+      if (remapAllocated !== usedBytes) throw new Error(`the remap restore allocated ${remapAllocated} bytes, expected ${usedBytes}`);
+      record({ rep, step: 'restore-remap', seconds: remapS, allocatedBytes: remapAllocated });
+      await api.deleteVolume('restored');
+      await api.createVolume('target', config.volumeBytes);
+      const writebackS = await timed(() => api.restore(full!.id, 'target', 'writeback', false));
+      const writebackAllocated = await api.allocatedBytes('target');
+      if (writebackAllocated !== usedBytes) throw new Error(`the writeback restore allocated ${writebackAllocated} bytes, expected ${usedBytes}`);
+      record({ rep, step: 'restore-writeback', seconds: writebackS, allocatedBytes: writebackAllocated });
+      await api.deleteVolume('target');
+
+      // 6. Change a few scattered extents (untimed), then an incremental backup.
+      const changeFile = join(workDir, 'change.raw');
+      const changed = pickDistinct(mappedExtents.length, changeCount, random).map((i) => mappedExtents[i]!);
+      await makeChange(config.volumeBytes, extentBytes, changed, changeFile);
+      await runOk('nbdcopy', ['--destination-is-zero', '--flush', changeFile, uri], { timeoutMs: stepTimeoutMs });
+      await rm(changeFile);
+      const afterChange = await api.allocatedBytes(VOLUME);
+      if (afterChange !== usedBytes) throw new Error(`the volume has ${afterChange} bytes allocated after the change, expected ${usedBytes}`);
+      const incPath = join(mediaDir, `inc-${rep}.tbk`);
+      let inc: BackupEntry | undefined;
+      const incS = await timed(async () => { inc = await api.backup(VOLUME, `file:${incPath}`, true); });
+      if (inc!.state !== 'complete' || inc!.kind !== 'incremental') throw new Error(`backup ${inc!.id} is ${inc!.state} ${inc!.kind}: ${inc!.error ?? ''}`);
+      record({ rep, step: 'incremental', seconds: incS, ...(await fileSizes(incPath)) });
+      if (inc!.extents !== changeCount) log(`note: the incremental holds ${inc!.extents} extents, ${changeCount} were changed`);
+
+      for (const id of [inc!.id, full!.id]) await api.call('DELETE', `/backups/${id}?purgeMedia=true`);
+    }
+  } finally {
+    await cleanup();
+  }
+
+  const rows = summarize(samples);
+  const changedFraction = changedBytes / usedBytes;
+  const { ratios, floors: floorList } = floors(rows, usedBytes, changedFraction);
+  const result = {
+    benchmark: 'backup',
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? 'unknown',
+      memoryBytes: totalmem(),
+      node: process.version,
+      nbdcopy: await toolVersion('nbdcopy', ['--version']),
+      qemuImg: await toolVersion('qemu-img', ['--version']),
+      cp: await toolVersion('cp', ['--version']),
+    },
+    config: {
+      volumeBytes: config.volumeBytes,
+      dataBytes: config.dataBytes,
+      chunkBytes: config.chunkBytes,
+      extentBytes,
+      changePercent: config.changePercent,
+      reps: config.reps,
+      seed: config.seed,
+    },
+    usedBytes,
+    changedBytes,
+    changedFraction,
+    summary: rows,
+    ratios,
+    floors: floorList,
+    samples,
+  };
+  if (!config.noSave) {
+    const outPath = config.outPath ?? join(REPO_ROOT, 'bench', 'results', `backup-${started.toISOString().replace(/[:]/g, '-').replace(/\..*$/, '')}.json`);
+    await mkdir(join(outPath, '..'), { recursive: true });
+    await writeFile(outPath, `${JSON.stringify(result, null, 2)}\n`);
+    log(`results written to ${outPath}`);
+  }
+  if (config.json) {
+    console.log(JSON.stringify(result, null, 2));
+  } else {
+    console.log(`backup: ${config.volumeBytes / MiB} MiB volume, ${usedBytes / MiB} MiB used in ${config.dataBytes / config.chunkBytes} pieces of ${config.chunkBytes >> 10} KiB, `
+      + `${(changedFraction * 100).toFixed(2)}% changed for the incremental, median of ${config.reps}, ${result.machine.cpus} CPUs`);
+    console.log(formatTable(rows, ratios, floorList));
+  }
+  if (floorList.some((f) => !f.pass)) process.exitCode = 2;
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`[backup-bench] FAILED: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});
