@@ -102,7 +102,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
       }
       for (const row of store.listVolumes()) array.#attachVolume(row);
       array.copies = new CopyManager(array, options.logger.child({ component: 'copy' }));
-      array.copies.reattach();
+      await array.copies.reattach();
       array.backups = new BackupManager(array, options.logger.child({ component: 'backup' }), options.mediaRoots ?? [path.join(options.home, 'media')]);
       await array.backups.recover();
       options.logger.info({ home: options.home, volumes: array.#volumes.size, extentBytes, extentsUsed: pool.extentsUsed }, 'array opened');

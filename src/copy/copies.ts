@@ -14,7 +14,7 @@ import type { Pool } from '../pool/pool.js';
 import type { Volume } from '../volume/volume.js';
 import { JobAbortError, type JobContext, type JobManager } from '../jobs/job-manager.js';
 import { LIMITS } from '../lib/limits.js';
-import { CopyStore, type CopyMode, type CopyRow } from './copy-store.js';
+import { CopyStore, EXTENT_LIST_PAGE_ENTRIES, type CopyMode, type CopyRow } from './copy-store.js';
 import { CopySession } from './session.js';
 import { metadataExtentsFor, renderCompactHeader, COMPACT_HEADER_VERSION } from './compact-header.js';
 import { runCopyEngine } from './engine.js';
@@ -70,7 +70,13 @@ export class CopyManager {
   }
 
   /** At open: copies left running by a restart or crash get their hooks back before any I/O. */
-  reattach(): void {
+  async reattach(): Promise<void> {
+    for (const row of this.#copies.list().filter((copy) => copy.state === 'copying' && copy.listComplete === 0)) {
+      // Cut before its list was written: nothing to resume from. The source is whole; the target goes.
+      const target = this.#host.volumeById(row.targetVolumeId);
+      this.#copies.finish(row.id, 'failed');
+      if (target) await this.#host.deleteVolume(target.name);
+    }
     for (const row of this.#copies.list().filter((copy) => copy.state === 'copying')) {
       const source = this.#host.volumeById(row.sourceVolumeId);
       const target = this.#host.volumeById(row.targetVolumeId);
@@ -132,7 +138,7 @@ export class CopyManager {
     // ---- From here to the end of setup nothing awaits: this is the only stall the source sees.
     this.#refuseBusySource(source); // re-checked: the world may have changed during the sync
     this.#refuseExistingTarget(targetName);
-    const sourceExtents = this.#mappedExtents(source);
+    const sourceExtents = source.map.mappedExtentList();
     const extentBytes = source.extentBytes;
     const metadataExtents = mode === 'compact' ? metadataExtentsFor(sourceExtents.length, extentBytes) : 0;
     const targetCapacityBytes = mode === 'compact' ? (metadataExtents + sourceExtents.length) * extentBytes : source.sizeBytes;
@@ -150,8 +156,8 @@ export class CopyManager {
         sourceVolumeId: source.row.id, targetVolumeId: targetRow.id, mode, extentBytes, sourceCapacityBytes: source.sizeBytes,
         sourceName: source.name, sourceUuid: source.row.uuid, extentCount: sourceExtents.length, metadataExtents, pointInTime,
       };
-      const id = this.#copies.insert(fields, sourceExtents);
-      return { ...fields, id, state: 'copying' as const, jobId: null as string | null, finishedAt: null as string | null };
+      const id = this.#copies.insert(fields);
+      return { ...fields, id, state: 'copying' as const, jobId: null as string | null, finishedAt: null as string | null, listComplete: 0 };
     });
     const target = this.#host.attachVolume(targetRow!);
     const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
@@ -159,7 +165,19 @@ export class CopyManager {
     this.#sessions.set(row.id, session);
     // Still inside the synchronous setup: whatever the caller does here shares the point in time.
     atPointInTime?.(session);
+    // ---- Setup done. The list (megabytes for millions of extents) is written after it, in chunks
+    // between which the event loop serves I/O; a crash before it completes abandons the copy.
+    await this.#persistList(row.id, sourceExtents);
     return session;
+  }
+
+  async #persistList(copyId: number, sourceExtents: Float64Array): Promise<void> {
+    const pages = Math.ceil(sourceExtents.length / EXTENT_LIST_PAGE_ENTRIES);
+    for (let first = 0; first < pages; first += LIMITS.copyListPagesPerTransaction) {
+      this.#host.store.transaction(() => this.#copies.putListPages(copyId, sourceExtents, first, first + LIMITS.copyListPagesPerTransaction));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    this.#host.store.transaction(() => this.#copies.markListComplete(copyId));
   }
 
   /** A volume is being deleted: copies that name it go with it (inside the delete's transaction). */
@@ -195,15 +213,6 @@ export class CopyManager {
       exists = false;
     }
     if (exists) throw new ThinError('ALREADY_EXISTS', `volume ${targetName} already exists; a copy makes a new volume`, { field: 'target' });
-  }
-
-  /** The source's mapped logical extents, ascending: the walk over map pages that exist. */
-  #mappedExtents(source: Volume): Float64Array {
-    const list = new Float64Array(source.map.mappedCount);
-    let i = 0;
-    for (const { extentIndex } of source.map.mapped(0, Number.MAX_SAFE_INTEGER)) list[i++] = extentIndex;
-    assert(i === list.length, 'mapped count matches the map');
-    return list;
   }
 
   #headerFor(row: CopyRow, sourceExtents: Float64Array): Buffer | undefined {

@@ -19,6 +19,8 @@ export interface CopyRow {
   jobId: string | null;
   pointInTime: string;
   finishedAt: string | null;
+  /** 0 while the extent list is still being written (after setup, in chunks). */
+  listComplete: number;
 }
 
 /** Entries per stored page of the extent list (8 bytes each: 32 KiB blobs). */
@@ -27,7 +29,7 @@ export const EXTENT_LIST_PAGE_ENTRIES = 4096;
 const COLUMNS = `id, source_volume_id AS sourceVolumeId, target_volume_id AS targetVolumeId, mode, state,
   extent_bytes AS extentBytes, source_capacity_bytes AS sourceCapacityBytes, source_name AS sourceName,
   source_uuid AS sourceUuid, extent_count AS extentCount, metadata_extents AS metadataExtents,
-  job_id AS jobId, point_in_time AS pointInTime, finished_at AS finishedAt`;
+  job_id AS jobId, point_in_time AS pointInTime, finished_at AS finishedAt, list_complete AS listComplete`;
 
 export class CopyStore {
   readonly #statements;
@@ -36,7 +38,8 @@ export class CopyStore {
     this.#statements = {
       list: store.prepare<[], CopyRow>(`SELECT ${COLUMNS} FROM copies ORDER BY id`),
       insert: store.prepare(`INSERT INTO copies (source_volume_id, target_volume_id, mode, state, extent_bytes, source_capacity_bytes,
-        source_name, source_uuid, extent_count, metadata_extents, job_id, point_in_time) VALUES (?, ?, ?, 'copying', ?, ?, ?, ?, ?, ?, NULL, ?)`),
+        source_name, source_uuid, extent_count, metadata_extents, job_id, point_in_time, list_complete) VALUES (?, ?, ?, 'copying', ?, ?, ?, ?, ?, ?, NULL, ?, 0)`),
+      listComplete: store.prepare('UPDATE copies SET list_complete = 1 WHERE id = ?'),
       putPage: store.prepare('INSERT INTO copy_extent_pages (copy_id, page_index, entries) VALUES (?, ?, ?)'),
       pages: store.prepare<[number], { pageIndex: number; blob: Buffer }>('SELECT page_index AS pageIndex, entries AS blob FROM copy_extent_pages WHERE copy_id = ? ORDER BY page_index'),
       setJob: store.prepare('UPDATE copies SET job_id = ? WHERE id = ?'),
@@ -50,16 +53,23 @@ export class CopyStore {
     return this.#statements.list.all();
   }
 
-  /** Inserts the copy and its extent list; call inside the transaction that creates the target. */
-  insert(row: Omit<CopyRow, 'id' | 'state' | 'jobId' | 'finishedAt'>, sourceExtents: Float64Array): number {
+  /** Inserts the copy, its list not written yet; call inside the transaction that creates the target. */
+  insert(row: Omit<CopyRow, 'id' | 'state' | 'jobId' | 'finishedAt' | 'listComplete'>): number {
     const result = this.#statements.insert.run(row.sourceVolumeId, row.targetVolumeId, row.mode, row.extentBytes, row.sourceCapacityBytes,
       row.sourceName, row.sourceUuid, row.extentCount, row.metadataExtents, row.pointInTime);
-    const id = Number(result.lastInsertRowid);
-    for (let page = 0; page * EXTENT_LIST_PAGE_ENTRIES < sourceExtents.length; page++) {
+    return Number(result.lastInsertRowid);
+  }
+
+  /** Writes pages [firstPage, endPage) of the extent list (one transaction per call, by the caller). */
+  putListPages(copyId: number, sourceExtents: Float64Array, firstPage: number, endPage: number): void {
+    for (let page = firstPage; page < endPage && page * EXTENT_LIST_PAGE_ENTRIES < sourceExtents.length; page++) {
       const entries = sourceExtents.subarray(page * EXTENT_LIST_PAGE_ENTRIES, (page + 1) * EXTENT_LIST_PAGE_ENTRIES);
-      this.#statements.putPage.run(id, page, Buffer.from(entries.buffer, entries.byteOffset, entries.byteLength));
+      this.#statements.putPage.run(copyId, page, Buffer.from(entries.buffer, entries.byteOffset, entries.byteLength));
     }
-    return id;
+  }
+
+  markListComplete(copyId: number): void {
+    this.#statements.listComplete.run(copyId);
   }
 
   sourceExtents(copyId: number, extentCount: number): Float64Array {

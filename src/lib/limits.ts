@@ -85,6 +85,8 @@ export const LIMITS = {
   /** Copy engine: extents per batch (one read of adjacent extents) and batches in flight: ≤ 4 MiB of buffers at 64 KiB extents. */
   copyBatchExtentsMax: 16,
   copyBatchesInFlightMax: 4,
+  /** Extent-list pages (4096 entries, 32 KiB each) per transaction after a copy's setup: ~1 MiB, a few ms. */
+  copyListPagesPerTransaction: 32,
 
   /** Metadata is committed at least this often even without FLUSH, bounding lost work after a crash. */
   commitIntervalMs: 1000,

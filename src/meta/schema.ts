@@ -143,4 +143,9 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (volume_id, slot, page_index)
   ) STRICT, WITHOUT ROWID;
   `,
+  // 6: a copy's extent list is written after its setup, in chunks (the source does not wait for
+  // it); a copy whose list never completed (crash) is abandoned at the next start.
+  `
+  ALTER TABLE copies ADD COLUMN list_complete INTEGER NOT NULL DEFAULT 1;
+  `,
 ];

@@ -111,6 +111,19 @@ export class AllocationMap {
     }
   }
 
+  /** Every mapped logical extent, ascending, as a typed array: a tight loop over existing pages only. */
+  mappedExtentList(): Float64Array {
+    const list = new Float64Array(this.#mappedCount);
+    let next = 0;
+    for (const pageIndex of this.#sortedPageIndices) {
+      const entries = this.#pages.get(pageIndex)!.entries;
+      const base = pageIndex * ENTRIES_PER_PAGE;
+      for (let slot = 0; slot < ENTRIES_PER_PAGE; slot++) if (entries[slot] !== 0) list[next++] = base + slot;
+    }
+    assert(next === list.length, 'mapped count matches the pages');
+    return list;
+  }
+
   /** Dirty pages as blobs for one commit; the dirty set is cleared (restore it if the commit fails). */
   captureDirty(): MapPageSnapshot[] {
     const snapshots: MapPageSnapshot[] = [];
