@@ -17,6 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, isThinError } from '../lib/errors.js';
+import { LIMITS } from '../lib/limits.js';
 import { ChangeTracker } from '../volume/change-tracker.js';
 import type { Logger } from '../lib/log.js';
 import type { MetaStore } from '../meta/store.js';
@@ -174,14 +175,23 @@ export class BackupManager {
       });
       ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
-      for (const i of recordIndexes) {
+      // Read through the view (the point-in-time data, wherever it lives now) in runs of adjacent
+      // records: one read per run, and the next run is read while this one is written.
+      const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
+      const readRun = (run: number[]): Promise<Buffer> =>
+        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes);
+      let next = runs.length > 0 ? readRun(runs[0]!) : undefined;
+      for (let r = 0; r < runs.length; r++) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        const sourceExtent = list[i]!;
-        const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
-        // Read through the view: the point-in-time data, wherever it lives now.
-        const data = await view.target.read((view.row.metadataExtents + i) * view.extentBytes, view.extentBytes);
-        await writer.writeExtent(sourceExtent, data.subarray(0, length));
-        ctx.addDone(view.extentBytes);
+        const run = runs[r]!;
+        const data = await next!;
+        next = r + 1 < runs.length ? readRun(runs[r + 1]!) : undefined;
+        for (const [k, i] of run.entries()) {
+          const sourceExtent = list[i]!;
+          const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
+          await writer.writeExtent(sourceExtent, data.subarray(k * view.extentBytes, k * view.extentBytes + length));
+        }
+        ctx.addDone(run.length * view.extentBytes);
       }
       const summary = await writer.finish();
       this.catalog.complete(backupId, { streamBytes: summary.streamBytes, dataBytes: summary.dataBytes, extents: summary.recordCount, digest: summary.digestHex, pointInTime: view.row.pointInTime });
@@ -443,20 +453,46 @@ export class BackupManager {
   /** FIG. 14B: data written once, sequentially, to new extents; the map is installed only when the stream checked out. */
   async #restoreRemap(ctx: JobContext, stream: BackupStreamReader, header: BackupHeader, volume: Volume, created: boolean): Promise<void> {
     const pool = this.#host.pool;
+    const extentBytes = volume.extentBytes;
     const placed: Array<{ sourceExtent: number; physicalExtent: number }> = [];
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown;
+    let batch: { buffer: Buffer; sourceExtents: number[] } | undefined;
+    // Records are gathered into batches that go to new extents with one write per adjacent run,
+    // several batches in flight: the data is written once, sequentially, as fast as the pool takes it.
+    const flush = (): void => {
+      if (!batch || batch.sourceExtents.length === 0) return;
+      const { buffer, sourceExtents } = batch;
+      batch = undefined;
+      const targets = pool.reserve(sourceExtents.length);
+      sourceExtents.forEach((sourceExtent, i) => placed.push({ sourceExtent, physicalExtent: targets[i]! }));
+      const write = this.#writeRuns(targets, buffer, extentBytes).catch((error: unknown) => {
+        failure ??= error;
+      });
+      const tracked = write.finally(() => inFlight.delete(tracked));
+      inFlight.add(tracked);
+    };
     this.#host.setVolumeState(volume, 'restoring');
     try {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        const [physicalExtent] = pool.reserve(1); // persisted as allocated only once the map is installed
-        placed.push({ sourceExtent: record.sourceExtent, physicalExtent: physicalExtent! });
-        const whole = Buffer.alloc(volume.extentBytes);
-        record.data.copy(whole);
-        await this.#writePhysical(physicalExtent!, whole);
+        if (failure) throw failure;
+        batch ??= { buffer: Buffer.alloc(LIMITS.restoreBatchExtentsMax * extentBytes), sourceExtents: [] };
+        record.data.copy(batch.buffer, batch.sourceExtents.length * extentBytes);
+        batch.sourceExtents.push(record.sourceExtent);
         ctx.addDone(record.data.length);
+        if (batch.sourceExtents.length === LIMITS.restoreBatchExtentsMax) {
+          flush();
+          if (inFlight.size >= LIMITS.restoreBatchesInFlightMax) await Promise.race(inFlight);
+        }
       }
+      if (batch) batch.buffer = batch.buffer.subarray(0, batch.sourceExtents.length * extentBytes);
+      flush();
+      await Promise.all(inFlight);
+      if (failure) throw failure;
       await stream.verifyTrailer();
     } catch (error) {
+      await Promise.all(inFlight);
       for (const { physicalExtent } of placed) pool.free(physicalExtent); // never mapped: the volume is as it was
       // An existing volume is untouched; one made for this restore goes again: as it was, nothing.
       this.#host.setVolumeState(volume, 'ready');
@@ -471,6 +507,20 @@ export class BackupManager {
       pool.confirm(physicalExtent);
     }
     this.#host.setVolumeState(volume, 'ready');
+  }
+
+  /** Writes `buffer` (one extent per target) with one write per run of adjacent targets on one disk. */
+  async #writeRuns(targets: readonly number[], buffer: Buffer, extentBytes: number): Promise<void> {
+    const pool = this.#host.pool;
+    const writes: Array<Promise<void>> = [];
+    for (let first = 0; first < targets.length; ) {
+      const { fd, offsetBytes } = pool.locate(targets[first]!);
+      let count = 1;
+      while (first + count < targets.length && targets[first + count] === targets[first]! + count && pool.locate(targets[first + count]!).fd === fd) count++;
+      writes.push(this.#writePhysical(targets[first]!, buffer.subarray(first * extentBytes, (first + count) * extentBytes), fd, offsetBytes));
+      first += count;
+    }
+    await Promise.all(writes);
   }
 
   /** FIG. 14C: every record to its original address, then the extents unmapped at backup time are trimmed. */
@@ -499,11 +549,12 @@ export class BackupManager {
     }
   }
 
-  #writePhysical(physicalExtent: number, data: Buffer): Promise<void> {
-    const { fd, offsetBytes, disk } = this.#host.pool.locate(physicalExtent);
+  #writePhysical(physicalExtent: number, data: Buffer, fd: number, offsetBytes: number): Promise<void> {
+    const { disk } = this.#host.pool.locate(physicalExtent);
     const write = new Promise<void>((resolve, reject) => {
-      fs.write(fd, data, 0, data.length, offsetBytes, (error) => {
+      fs.write(fd, data, 0, data.length, offsetBytes, (error, written) => {
         if (error) reject(new ThinError('IO_ERROR', `restore: write to the pool failed: ${error.message}`, { cause: error }));
+        else if (written !== data.length) reject(new ThinError('IO_ERROR', `restore: short write to the pool (${written} of ${data.length} bytes)`));
         else {
           this.#host.pool.markWritten(disk);
           resolve();
@@ -564,6 +615,17 @@ export interface BackupCandidate {
   incrementalBytes: number | null;
   fitsFull: boolean;
   fitsIncremental: boolean;
+}
+
+/** Consecutive record indexes (adjacent extents of the view), at most `max` per run. */
+function recordRuns(indexes: readonly number[], max: number): number[][] {
+  const runs: number[][] = [];
+  for (const index of indexes) {
+    const last = runs[runs.length - 1];
+    if (last && last.length < max && last[last.length - 1] === index - 1) last.push(index);
+    else runs.push([index]);
+  }
+  return runs;
 }
 
 function viewName(backupId: string): string {

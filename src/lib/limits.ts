@@ -85,6 +85,11 @@ export const LIMITS = {
   /** Copy engine: extents per batch (one read of adjacent extents) and batches in flight: ≤ 4 MiB of buffers at 64 KiB extents. */
   copyBatchExtentsMax: 16,
   copyBatchesInFlightMax: 4,
+  /** Backup: adjacent extents read through the view in one read (1 MiB at 64 KiB extents). */
+  backupReadExtentsMax: 16,
+  /** Restore (remap): records written to new extents in one batch, and batches in flight. */
+  restoreBatchExtentsMax: 32,
+  restoreBatchesInFlightMax: 4,
   /** Extent-list pages (4096 entries, 32 KiB each) per transaction after a copy's setup: ~1 MiB, a few ms. */
   copyListPagesPerTransaction: 32,
 
