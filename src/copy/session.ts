@@ -83,14 +83,8 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
 
   /** Index of a source logical extent in the list, or -1 (binary search). */
   indexOfSource(sourceExtent: number): number {
-    let low = 0;
-    let high = this.sourceExtents.length;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (this.sourceExtents[middle]! < sourceExtent) low = middle + 1;
-      else high = middle;
-    }
-    return low < this.sourceExtents.length && this.sourceExtents[low] === sourceExtent ? low : -1;
+    const index = this.#lowerBound(sourceExtent);
+    return index < this.sourceExtents.length && this.sourceExtents[index] === sourceExtent ? index : -1;
   }
 
   #indexOfTarget(targetExtent: number): number {
