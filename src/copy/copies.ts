@@ -83,6 +83,7 @@ export class CopyManager {
       assert(source !== undefined && target !== undefined, `copy ${row.id} names volumes that exist`);
       const sourceExtents = this.#copies.sourceExtents(row.id, row.extentCount);
       const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
+      session.copyOnRead = row.jobId !== null; // a copy, not a backup's view
       session.attach();
       this.#sessions.set(row.id, session);
     }
@@ -98,6 +99,7 @@ export class CopyManager {
     if (mode !== 'instant' && mode !== 'compact') throw new ThinError('INVALID_ARGUMENT', "mode: must be 'instant' or 'compact'", { field: 'mode' });
     validateTargetName(targetName);
     const session = await this.#setUp(sourceName, targetName, mode, 'user');
+    session.copyOnRead = true;
     const row = session.row;
     const job = this.#host.jobs.start(COPY_JOB, { copyId: row.id }, `${mode} copy of ${sourceName} to ${targetName}`);
     this.#copies.setJob(row.id, job.id);

@@ -41,6 +41,15 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   #settledCount = 0;
   /** Bytes the copy has placed in the target so far (copied or handed over). */
   placedBytes = 0;
+  /**
+   * Copy-on-read: a target read of an extent not copied yet also copies it (seed: the read
+   * fetches the block from the source and copies it). Off for backup views, which are read once.
+   */
+  copyOnRead = false;
+  /** Items a copy-on-read is copying now (so repeated reads do not start it twice). */
+  readonly #copyingOnRead = new Set<number>();
+  /** Set when the copy ends (done, cancelled, discarded): late batches put nothing in the target. */
+  #detached = false;
 
   constructor(row: CopyRow, source: Volume, target: Volume, sourceExtents: Float64Array, header: Buffer | undefined, context: SessionContext) {
     assert(sourceExtents.length === row.extentCount, 'the extent list matches the copy row');
@@ -73,6 +82,7 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   }
 
   detach(): void {
+    this.#detached = true;
     if (this.source.copySource === this) this.source.copySource = undefined;
     if (this.target.copyTarget === this) this.target.copyTarget = undefined;
   }
@@ -124,7 +134,18 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
     const index = this.#indexOfTarget(targetExtent);
     if (index < 0 || this.#settled[index] === 1) return { kind: 'zero' };
     const physicalExtent = this.source.map.lookup(this.sourceExtents[index]!);
-    return physicalExtent < 0 ? { kind: 'zero' } : { kind: 'physical', physicalExtent };
+    if (physicalExtent < 0) return { kind: 'zero' };
+    if (this.copyOnRead) this.#copyOnRead(index);
+    return { kind: 'physical', physicalExtent };
+  }
+
+  /** Starts copying one item in the background; the background job skips it once settled. */
+  #copyOnRead(index: number): void {
+    if (this.#copyingOnRead.has(index)) return;
+    this.#copyingOnRead.add(index);
+    this.#copyBatch(index, 1)
+      .catch(() => undefined) // the background job copies it (and reports failures) if this does not
+      .finally(() => this.#copyingOnRead.delete(index));
   }
 
   *pendingWithData(fromExtent: number, toExtent: number): Generator<number> {
@@ -219,8 +240,8 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
       }
       let copiedBytes = 0;
       items.forEach((item, i) => {
-        if (this.#settled[item.index] === 1) {
-          pool.free(targets[i]!); // handed over while we copied: the target already has it
+        if (this.#settled[item.index] === 1 || this.#detached) {
+          pool.free(targets[i]!); // handed over while we copied (the target has it), or the copy ended
           return;
         }
         this.target.map.map(this.targetExtentOf(item.index), targets[i]!);

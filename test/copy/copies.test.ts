@@ -124,6 +124,23 @@ describe('point-in-time copies', () => {
     assert.equal((await array.check({ repair: false })).ok, true);
   });
 
+  test('copy-on-read: a target read of an extent not copied yet copies it', async () => {
+    const pointInTime = await fillSource(16 * MiB);
+    // A view has no background copy, so whatever gets copied here was copied by the reads.
+    const session = await array.copies.createView('src', 'cor', (view) => (view.copyOnRead = true));
+    const target = array.volume('cor');
+    assert.equal(target.map.mappedCount, 0);
+    const metadataBytes = session.row.metadataExtents * EXTENT;
+    const read = await target.read(metadataBytes, 3 * EXTENT); // X1..X3 = source extents 3, 4, 10
+    assertSameBytes(read.subarray(0, 2 * EXTENT), pointInTime.subarray(3 * EXTENT, 5 * EXTENT), 'read through');
+    for (let waited = 0; waited < 5000 && target.map.mappedCount < 3; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(target.map.mappedCount, 3, 'the three extents read were copied');
+    assert.equal(session.remainingItems, session.row.extentCount - 3);
+    assertSameBytes(await target.read(metadataBytes, 2 * EXTENT), pointInTime.subarray(3 * EXTENT, 5 * EXTENT), 'from the copy now');
+    await array.copies.discard(session);
+    assert.equal((await array.check({ repair: false })).ok, true);
+  });
+
   test('busy volumes, existing targets and a full pool are refused; nothing half-made', async () => {
     await fillSource(16 * MiB);
     await array.volumeCreate({ name: 'taken', sizeBytes: MiB });
