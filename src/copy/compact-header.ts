@@ -33,7 +33,13 @@ export function renderCompactHeader(header: CompactHeader, sourceExtents: Float6
   const text = COMPACT_MAGIC + JSON.stringify(header) + '\n';
   if (Buffer.byteLength(text) > COMPACT_TABLE_OFFSET_BYTES) throw new ThinError('INVALID_ARGUMENT', 'compact copy header does not fit its 4 KiB (source name too long?)');
   area.write(text, 0, 'utf8');
-  for (let i = 0; i < sourceExtents.length; i++) area.writeBigUInt64LE(BigInt(sourceExtents[i]!), COMPACT_TABLE_OFFSET_BYTES + 8 * i);
+  // u64 LE as two u32 halves: exact for extents below 2^53, and far faster than BigInt per entry.
+  for (let i = 0; i < sourceExtents.length; i++) {
+    const extent = sourceExtents[i]!;
+    const offset = COMPACT_TABLE_OFFSET_BYTES + 8 * i;
+    area.writeUInt32LE(extent % 2 ** 32, offset);
+    area.writeUInt32LE(Math.floor(extent / 2 ** 32), offset + 4);
+  }
   return area;
 }
 
@@ -44,6 +50,9 @@ export function parseCompactHeader(area: Buffer): { header: CompactHeader; sourc
   const header = JSON.parse(text.slice(COMPACT_MAGIC.length, text.indexOf('\n', COMPACT_MAGIC.length))) as CompactHeader;
   if (header.version !== COMPACT_HEADER_VERSION) throw new ThinError('UNSUPPORTED', `compact copy header version ${header.version} is not supported`);
   const sourceExtents = new Float64Array(header.extentCount);
-  for (let i = 0; i < header.extentCount; i++) sourceExtents[i] = Number(area.readBigUInt64LE(COMPACT_TABLE_OFFSET_BYTES + 8 * i));
+  for (let i = 0; i < header.extentCount; i++) {
+    const offset = COMPACT_TABLE_OFFSET_BYTES + 8 * i;
+    sourceExtents[i] = area.readUInt32LE(offset) + area.readUInt32LE(offset + 4) * 2 ** 32;
+  }
   return { header, sourceExtents };
 }

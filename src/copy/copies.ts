@@ -217,9 +217,10 @@ export class CopyManager {
     if (exists) throw new ThinError('ALREADY_EXISTS', `volume ${targetName} already exists; a copy makes a new volume`, { field: 'target' });
   }
 
-  #headerFor(row: CopyRow, sourceExtents: Float64Array): Buffer | undefined {
+  /** A compact copy's header, rendered when first needed (reads of it, or the job writing it). */
+  #headerFor(row: CopyRow, sourceExtents: Float64Array): (() => Buffer) | undefined {
     if (row.mode !== 'compact') return undefined;
-    return renderCompactHeader(
+    return () => renderCompactHeader(
       {
         version: COMPACT_HEADER_VERSION, sourceName: row.sourceName, sourceUuid: row.sourceUuid, sourceCapacityBytes: row.sourceCapacityBytes,
         extentBytes: row.extentBytes, extentCount: row.extentCount, metadataExtents: row.metadataExtents, pointInTime: row.pointInTime,

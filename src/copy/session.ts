@@ -31,8 +31,9 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   readonly target: Volume;
   /** Source logical extents mapped at the point in time, ascending (the correspondence table). */
   readonly sourceExtents: Float64Array;
-  /** Compact copies: the rendered header area, served until its extents are written. */
-  readonly #header: Buffer | undefined;
+  /** Compact copies: renders the header area on first need (not during setup: it is O(extents)). */
+  readonly #renderHeader: (() => Buffer) | undefined;
+  #headerArea: Buffer | undefined;
   readonly #context: SessionContext;
 
   // ---- Changes during the run.
@@ -51,13 +52,13 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   /** Set when the copy ends (done, cancelled, discarded): late batches put nothing in the target. */
   #detached = false;
 
-  constructor(row: CopyRow, source: Volume, target: Volume, sourceExtents: Float64Array, header: Buffer | undefined, context: SessionContext) {
+  constructor(row: CopyRow, source: Volume, target: Volume, sourceExtents: Float64Array, renderHeader: (() => Buffer) | undefined, context: SessionContext) {
     assert(sourceExtents.length === row.extentCount, 'the extent list matches the copy row');
     this.row = row;
     this.source = source;
     this.target = target;
     this.sourceExtents = sourceExtents;
-    this.#header = header;
+    this.#renderHeader = renderHeader;
     this.#context = context;
     this.#settled = new Uint8Array(row.extentCount);
     // Resuming: items whose target extent is mapped are done; items the source lost (unflushed
@@ -127,9 +128,10 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   // ---- CopyTargetHook -------------------------------------------------------------------------
 
   resolve(targetExtent: number): PendingExtent {
-    if (this.#header && targetExtent < this.row.metadataExtents) {
+    const header = this.#header();
+    if (header && targetExtent < this.row.metadataExtents) {
       const offset = targetExtent * this.extentBytes;
-      return { kind: 'data', data: this.#header.subarray(offset, offset + this.extentBytes) };
+      return { kind: 'data', data: header.subarray(offset, offset + this.extentBytes) };
     }
     const index = this.#indexOfTarget(targetExtent);
     if (index < 0 || this.#settled[index] === 1) return { kind: 'zero' };
@@ -178,12 +180,19 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   // ---- The background copy --------------------------------------------------------------------
 
   /** Writes the compact header into the target's first extents (once; skipped when mapped). */
+  #header(): Buffer | undefined {
+    if (!this.#renderHeader) return undefined;
+    this.#headerArea ??= this.#renderHeader();
+    return this.#headerArea;
+  }
+
   async writeHeader(): Promise<void> {
-    if (!this.#header) return;
+    const header = this.#header();
+    if (!header) return;
     for (let extent = 0; extent < this.row.metadataExtents; extent++) {
       if (this.target.map.lookup(extent) >= 0) continue;
       const [physical] = this.#context.pool.reserve(1);
-      const data = this.#header.subarray(extent * this.extentBytes, (extent + 1) * this.extentBytes);
+      const data = header.subarray(extent * this.extentBytes, (extent + 1) * this.extentBytes);
       try {
         await this.#writePhysical(physical!, [data]);
       } catch (error) {
