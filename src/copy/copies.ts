@@ -82,7 +82,7 @@ export class CopyManager {
       const target = this.#host.volumeById(row.targetVolumeId);
       assert(source !== undefined && target !== undefined, `copy ${row.id} names volumes that exist`);
       const sourceExtents = this.#copies.sourceExtents(row.id, row.extentCount);
-      const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
+      const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host, true);
       session.copyOnRead = row.jobId !== null; // a copy, not a backup's view
       session.attach();
       this.#sessions.set(row.id, session);
@@ -162,7 +162,7 @@ export class CopyManager {
       return { ...fields, id, state: 'copying' as const, jobId: null as string | null, finishedAt: null as string | null, listComplete: 0 };
     });
     const target = this.#host.attachVolume(targetRow!);
-    const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host);
+    const session = new CopySession(row, source, target, sourceExtents, this.#headerFor(row, sourceExtents), this.#host, false);
     session.attach();
     this.#sessions.set(row.id, session);
     // Still inside the synchronous setup: whatever the caller does here shares the point in time.
