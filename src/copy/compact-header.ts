@@ -27,20 +27,31 @@ export function metadataExtentsFor(extentCount: number, extentBytes: number): nu
   return Math.ceil((COMPACT_TABLE_OFFSET_BYTES + 8 * extentCount) / extentBytes);
 }
 
-/** The header area, metadataExtents × extentBytes bytes: magic, JSON, zero padding, table of u64 LE. */
-export function renderCompactHeader(header: CompactHeader, sourceExtents: Float64Array): Buffer {
-  const area = Buffer.alloc(header.metadataExtents * header.extentBytes);
-  const text = COMPACT_MAGIC + JSON.stringify(header) + '\n';
-  if (Buffer.byteLength(text) > COMPACT_TABLE_OFFSET_BYTES) throw new ThinError('INVALID_ARGUMENT', 'compact copy header does not fit its 4 KiB (source name too long?)');
-  area.write(text, 0, 'utf8');
-  // u64 LE as two u32 halves: exact for extents below 2^53, and far faster than BigInt per entry.
-  for (let i = 0; i < sourceExtents.length; i++) {
-    const extent = sourceExtents[i]!;
-    const offset = COMPACT_TABLE_OFFSET_BYTES + 8 * i;
-    area.writeUInt32LE(extent % 2 ** 32, offset);
-    area.writeUInt32LE(Math.floor(extent / 2 ** 32), offset + 4);
+/**
+ * One extent of the header area, rendered alone: a copy serves and writes its header extent by
+ * extent, so a table of millions of entries never blocks the event loop in one piece.
+ */
+export function renderCompactHeaderExtent(header: CompactHeader, sourceExtents: Float64Array, extentIndex: number): Buffer {
+  const extentBytes = header.extentBytes;
+  const start = extentIndex * extentBytes;
+  const out = Buffer.alloc(extentBytes);
+  if (extentIndex === 0) {
+    const text = COMPACT_MAGIC + JSON.stringify(header) + '\n';
+    if (Buffer.byteLength(text) > COMPACT_TABLE_OFFSET_BYTES) throw new ThinError('INVALID_ARGUMENT', 'compact copy header does not fit its 4 KiB (source name too long?)');
+    out.write(text, 0, 'utf8');
   }
-  return area;
+  // Table entries whose 8 bytes fall in this extent (the table starts at 4096; entries never straddle:
+  // extents are multiples of 4096 and entries are 8 bytes).
+  const firstEntry = Math.max(0, Math.ceil((start - COMPACT_TABLE_OFFSET_BYTES) / 8));
+  const endEntry = Math.min(sourceExtents.length, Math.floor((start + extentBytes - COMPACT_TABLE_OFFSET_BYTES) / 8));
+  for (let i = firstEntry; i < endEntry; i++) {
+    // u64 LE as two u32 halves: exact for extents below 2^53, and far faster than BigInt per entry.
+    const extent = sourceExtents[i]!;
+    const offset = COMPACT_TABLE_OFFSET_BYTES + 8 * i - start;
+    out.writeUInt32LE(extent % 2 ** 32, offset);
+    out.writeUInt32LE(Math.floor(extent / 2 ** 32), offset + 4);
+  }
+  return out;
 }
 
 /** Parses a header area (for tools that read a compact copy or its backup raw). */

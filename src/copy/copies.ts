@@ -16,7 +16,7 @@ import { JobAbortError, type JobContext, type JobManager } from '../jobs/job-man
 import { LIMITS } from '../lib/limits.js';
 import { CopyStore, EXTENT_LIST_PAGE_ENTRIES, type CopyMode, type CopyRow } from './copy-store.js';
 import { CopySession } from './session.js';
-import { metadataExtentsFor, renderCompactHeader, COMPACT_HEADER_VERSION } from './compact-header.js';
+import { metadataExtentsFor, renderCompactHeaderExtent, COMPACT_HEADER_VERSION } from './compact-header.js';
 import { runCopyEngine } from './engine.js';
 
 /** What the copy manager needs from the array that owns it. */
@@ -176,10 +176,10 @@ export class CopyManager {
   async #persistList(copyId: number, sourceExtents: Float64Array): Promise<void> {
     const pages = Math.ceil(sourceExtents.length / EXTENT_LIST_PAGE_ENTRIES);
     for (let first = 0; first < pages; first += LIMITS.copyListPagesPerTransaction) {
-      this.#host.store.transaction(() => this.#copies.putListPages(copyId, sourceExtents, first, first + LIMITS.copyListPagesPerTransaction));
+      this.#host.store.lazyTransaction(() => this.#copies.putListPages(copyId, sourceExtents, first, first + LIMITS.copyListPagesPerTransaction));
       await new Promise((resolve) => setImmediate(resolve));
     }
-    this.#host.store.transaction(() => this.#copies.markListComplete(copyId));
+    this.#host.store.transaction(() => this.#copies.markListComplete(copyId)); // FULL: makes the chunks durable too
   }
 
   /** A volume is being deleted: copies that name it go with it (inside the delete's transaction). */
@@ -217,15 +217,16 @@ export class CopyManager {
     if (exists) throw new ThinError('ALREADY_EXISTS', `volume ${targetName} already exists; a copy makes a new volume`, { field: 'target' });
   }
 
-  /** A compact copy's header, rendered when first needed (reads of it, or the job writing it). */
-  #headerFor(row: CopyRow, sourceExtents: Float64Array): (() => Buffer) | undefined {
+  /** A compact copy's header, rendered extent by extent when needed (reads of it, or the job writing it). */
+  #headerFor(row: CopyRow, sourceExtents: Float64Array): ((extentIndex: number) => Buffer) | undefined {
     if (row.mode !== 'compact') return undefined;
-    return () => renderCompactHeader(
+    return (extentIndex) => renderCompactHeaderExtent(
       {
         version: COMPACT_HEADER_VERSION, sourceName: row.sourceName, sourceUuid: row.sourceUuid, sourceCapacityBytes: row.sourceCapacityBytes,
         extentBytes: row.extentBytes, extentCount: row.extentCount, metadataExtents: row.metadataExtents, pointInTime: row.pointInTime,
       },
       sourceExtents,
+      extentIndex,
     );
   }
 

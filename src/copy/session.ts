@@ -31,9 +31,8 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   readonly target: Volume;
   /** Source logical extents mapped at the point in time, ascending (the correspondence table). */
   readonly sourceExtents: Float64Array;
-  /** Compact copies: renders the header area on first need (not during setup: it is O(extents)). */
-  readonly #renderHeader: (() => Buffer) | undefined;
-  #headerArea: Buffer | undefined;
+  /** Compact copies: renders one extent of the header area (never the whole table at once). */
+  readonly #renderHeader: ((extentIndex: number) => Buffer) | undefined;
   readonly #context: SessionContext;
 
   // ---- Changes during the run.
@@ -52,7 +51,7 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   /** Set when the copy ends (done, cancelled, discarded): late batches put nothing in the target. */
   #detached = false;
 
-  constructor(row: CopyRow, source: Volume, target: Volume, sourceExtents: Float64Array, renderHeader: (() => Buffer) | undefined, context: SessionContext, resuming: boolean) {
+  constructor(row: CopyRow, source: Volume, target: Volume, sourceExtents: Float64Array, renderHeader: ((extentIndex: number) => Buffer) | undefined, context: SessionContext, resuming: boolean) {
     assert(sourceExtents.length === row.extentCount, 'the extent list matches the copy row');
     this.row = row;
     this.source = source;
@@ -131,10 +130,8 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   // ---- CopyTargetHook -------------------------------------------------------------------------
 
   resolve(targetExtent: number): PendingExtent {
-    const header = this.#header();
-    if (header && targetExtent < this.row.metadataExtents) {
-      const offset = targetExtent * this.extentBytes;
-      return { kind: 'data', data: header.subarray(offset, offset + this.extentBytes) };
+    if (this.#renderHeader && targetExtent < this.row.metadataExtents) {
+      return { kind: 'data', data: this.#renderHeader(targetExtent) };
     }
     const index = this.#indexOfTarget(targetExtent);
     if (index < 0 || this.#settled[index] === 1) return { kind: 'zero' };
@@ -183,19 +180,13 @@ export class CopySession implements CopySourceHook, CopyTargetHook {
   // ---- The background copy --------------------------------------------------------------------
 
   /** Writes the compact header into the target's first extents (once; skipped when mapped). */
-  #header(): Buffer | undefined {
-    if (!this.#renderHeader) return undefined;
-    this.#headerArea ??= this.#renderHeader();
-    return this.#headerArea;
-  }
-
   async writeHeader(): Promise<void> {
-    const header = this.#header();
-    if (!header) return;
+    const renderHeader = this.#renderHeader;
+    if (!renderHeader) return;
     for (let extent = 0; extent < this.row.metadataExtents; extent++) {
       if (this.target.map.lookup(extent) >= 0) continue;
       const [physical] = this.#context.pool.reserve(1);
-      const data = header.subarray(extent * this.extentBytes, (extent + 1) * this.extentBytes);
+      const data = renderHeader(extent);
       try {
         await this.#writePhysical(physical!, [data]);
       } catch (error) {

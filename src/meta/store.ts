@@ -97,6 +97,22 @@ export class MetaStore {
     return this.#db.prepare<Params, Row>(sql);
   }
 
+  /**
+   * A transaction that is atomic but not fsync'ed on its own (synchronous=NORMAL for it): in WAL
+   * mode it becomes durable with the next FULL commit, which fsyncs the log it follows. For bulk
+   * writes whose durability is only claimed by a later ordinary transaction (a copy's extent list,
+   * completed by the transaction that marks it complete), so they do not stall the event loop on
+   * an fsync each.
+   */
+  lazyTransaction<T>(work: () => T): T {
+    this.#db.pragma('synchronous = NORMAL');
+    try {
+      return this.#db.transaction(work)();
+    } finally {
+      this.#db.pragma('synchronous = FULL');
+    }
+  }
+
   /** Runs `work` in one transaction: all of it is committed (and fsync'ed) or none of it. */
   transaction<T>(work: () => T): T {
     return this.#db.transaction(work)();
