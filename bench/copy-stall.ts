@@ -5,7 +5,8 @@
  * For each volume size (mapped extents) and mode, fio writes 4 KiB blocks at random over the
  * whole source at QD8 and logs every I/O's latency; after a warm-up, `copy create --no-wait` runs.
  * Reported: the command's own time, and the p99 and max latency of the writes that completed
- * while it ran, next to the same figures for an equal window without a copy (the baseline noise).
+ * while it ran, next to the same figures for an equal window without a copy (the baseline noise)
+ * and for a window with only a FLUSH (the group commit every copy create starts with).
  *
  *   node dist/bench/copy-stall.js [--extents 1048576,65536] [--modes instant,compact] [--json]
  *
@@ -95,6 +96,12 @@ async function main(): Promise<void> {
       await fill(daemon, 'src', bytes);
       const baseline = await measure(daemon, 'src', bytes, undefined);
       rows.push({ extents, mode: 'none (baseline)', ...baseline });
+      // A FLUSH from another client: the group commit (fdatasync of the dirty working set) that
+      // copy create also starts with, to tell its cost from the copy's own setup.
+      const flushOnly = await measure(daemon, 'src', bytes, async () => {
+        await runOk('qemu-io', ['-f', 'raw', '-c', 'flush', daemon.nbdUri('src')], { timeoutMs: 120_000 });
+      });
+      rows.push({ extents, mode: 'flush only', ...flushOnly });
       for (const mode of args.modes) {
         const target = `copy-${mode}`;
         const result = await measure(daemon, 'src', bytes, async () => {
