@@ -57,7 +57,7 @@ export class Committer {
   /** Resolves when everything written before the call is durable (data, maps, frees). */
   sync(): Promise<void> {
     if (!this.#running) {
-      this.#running = this.#commit().finally(() => (this.#running = undefined));
+      this.#running = this.#commit(true).finally(() => (this.#running = undefined));
       return this.#running;
     }
     // A commit is running and may have captured its state before our caller's writes: join the next.
@@ -70,7 +70,19 @@ export class Committer {
     return this.#queued;
   }
 
-  async #commit(): Promise<void> {
+  /**
+   * The background commit (nobody waits on it): the same order and atomicity, but its SQLite
+   * transaction is not fsync'ed on its own — nothing was promised durable, and the fsync of a large
+   * commit would stall the event loop (better-sqlite3 is synchronous). The next durable commit's
+   * fsync makes it durable too (WAL is written in order). Skipped when any commit is under way.
+   */
+  backgroundCommit(): Promise<void> | undefined {
+    if (this.#running || this.#queued) return undefined;
+    this.#running = this.#commit(false).finally(() => (this.#running = undefined));
+    return this.#running;
+  }
+
+  async #commit(durable: boolean): Promise<void> {
     const poolSnapshot = this.#pool.captureForCommit();
     const mapSnapshots: Array<{ volume: Volume; pages: MapPageSnapshot[] }> = [];
     for (const volume of this.#volumes()) {
@@ -86,7 +98,8 @@ export class Committer {
     try {
       await Promise.allSettled(writes);
       await this.#pool.syncDisks();
-      this.#store.transaction(() => {
+      const transaction = durable ? this.#store.transaction.bind(this.#store) : this.#store.lazyTransaction.bind(this.#store);
+      transaction(() => {
         for (const operation of operations) operation(this.#store);
         for (const { volume, pages } of mapSnapshots) {
           for (const page of pages) this.#store.putMapPage(volume.row.id, page.pageIndex, page.blob);

@@ -93,6 +93,9 @@ export const LIMITS = {
   /** Extent-list pages (4096 entries, 32 KiB each) per transaction after a copy's setup: ~1 MiB, a few ms. */
   copyListPagesPerTransaction: 32,
 
+  /** Extents a volume delete unmaps before it lets other I/O run (a few ms of work). */
+  deleteExtentsPerSlice: 65536,
+
   /** Metadata is committed at least this often even without FLUSH, bounding lost work after a crash. */
   commitIntervalMs: 1000,
 
