@@ -11,10 +11,12 @@
 
 import { randomFillSync } from 'node:crypto';
 import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { seededRandom } from '../test/helpers/random.js';
+import { machineInfo, median, parsePositive, parseSize } from './common.js';
 import { startDaemon, REPO_ROOT, type Daemon } from '../test/helpers/daemon.js';
-import { requireTools, run, runOk } from '../test/helpers/tools.js';
+import { requireTools, runOk } from '../test/helpers/tools.js';
 
 // ---- configuration ----------------------------------------------------------------------------
 
@@ -44,18 +46,7 @@ const USAGE = `usage: node dist/bench/backup.js [options]
   --no-save           do not write a result file
   --quick             --volume-size 1G --data 128M --reps 1 (smoke run)`;
 
-function parseSize(text: string): number {
-  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(text.trim());
-  if (m === null) throw new Error(`bad size '${text}' (use e.g. 64K, 256M, 1G)`);
-  const shift = { '': 0, K: 10, M: 20, G: 30, T: 40 }[(m[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
-  return Number(m[1]) * 2 ** shift;
-}
 
-function parsePositive(name: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got '${text}'`);
-  return n;
-}
 
 function parseArgs(argv: string[]): Config {
   const env = process.env;
@@ -116,23 +107,7 @@ function log(message: string): void {
 
 const MiB = 1 << 20;
 
-function median(values: number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
-/** xorshift32: reproducible offsets for a given --seed. */
-function prng(seed: number): () => number {
-  let x = (seed >>> 0) || 1;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x / 0x1_0000_0000;
-  };
-}
 
 /** `count` distinct integers from [0, n), in random order (partial Fisher–Yates). */
 function pickDistinct(n: number, count: number, random: () => number): number[] {
@@ -157,10 +132,6 @@ async function fileSizes(path: string): Promise<{ apparentBytes: number; allocat
   return { apparentBytes: s.size, allocatedBytes: s.blocks * 512 };
 }
 
-async function toolVersion(cmd: string, args: string[]): Promise<string> {
-  const r = await run(cmd, args, { timeoutMs: 10_000 }).catch(() => undefined);
-  return r === undefined ? 'unknown' : (r.stdout.trim() || r.stderr.trim()).split('\n')[0] ?? 'unknown';
-}
 
 // ---- the daemon's HTTP API --------------------------------------------------------------------
 
@@ -436,7 +407,7 @@ async function main(): Promise<void> {
   try {
     const dense = join(workDir, 'data.raw');
     const scattered = join(workDir, 'scattered.raw');
-    const random = prng(config.seed);
+    const random = seededRandom(config.seed);
     const chunkCount = config.dataBytes / config.chunkBytes;
     const slots = pickDistinct(config.volumeBytes / config.chunkBytes, chunkCount, random);
     log(`writing ${config.dataBytes / MiB} MiB of random data in ${chunkCount} pieces of ${config.chunkBytes >> 10} KiB scattered over ${config.volumeBytes / MiB} MiB`);
@@ -545,15 +516,7 @@ async function main(): Promise<void> {
     benchmark: 'backup',
     startedAt: started.toISOString(),
     finishedAt: new Date().toISOString(),
-    machine: {
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model ?? 'unknown',
-      memoryBytes: totalmem(),
-      node: process.version,
-      nbdcopy: await toolVersion('nbdcopy', ['--version']),
-      qemuImg: await toolVersion('qemu-img', ['--version']),
-      cp: await toolVersion('cp', ['--version']),
-    },
+    machine: await machineInfo({ nbdcopy: ['nbdcopy', ['--version']], qemuImg: ['qemu-img', ['--version']], cp: ['cp', ['--version']] }),
     config: {
       volumeBytes: config.volumeBytes,
       dataBytes: config.dataBytes,

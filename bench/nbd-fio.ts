@@ -11,8 +11,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { machineInfo, median, parsePositive, parseSize } from './common.js';
 import { startDaemon, REPO_ROOT, type Daemon } from '../test/helpers/daemon.js';
 import { requireTools, run, runOk } from '../test/helpers/tools.js';
 
@@ -61,18 +62,7 @@ const USAGE = `usage: node dist/bench/nbd-fio.js [options]
   --no-save          do not write a result file
   --quick            --size 256M --runtime 3 --ramp 1 --reps 1 (smoke run)`;
 
-function parseSize(text: string): number {
-  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(text.trim());
-  if (m === null) throw new Error(`bad size '${text}' (use e.g. 256M, 1G)`);
-  const shift = { '': 0, K: 10, M: 20, G: 30, T: 40 }[(m[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
-  return Number(m[1]) * 2 ** shift;
-}
 
-function parsePositive(name: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got '${text}'`);
-  return n;
-}
 
 function parseArgs(argv: string[]): Config {
   const env = process.env;
@@ -294,11 +284,6 @@ interface FioDir {
   clat_ns?: { percentile?: Record<string, number> };
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** Writes sizeBytes of random data (the same bytes for every server). */
 async function makeRandomFile(path: string, sizeBytes: number): Promise<void> {
@@ -315,10 +300,6 @@ async function makeRandomFile(path: string, sizeBytes: number): Promise<void> {
   }
 }
 
-async function toolVersion(cmd: string, args: string[]): Promise<string> {
-  const result = await run(cmd, args, { timeoutMs: 10_000 }).catch(() => undefined);
-  return result === undefined ? 'unknown' : (result.stdout.split('\n')[0] ?? '').trim();
-}
 
 // ---- report -----------------------------------------------------------------------------------
 
@@ -439,15 +420,7 @@ async function main(): Promise<void> {
     benchmark: 'nbd-fio',
     startedAt: started.toISOString(),
     finishedAt: new Date().toISOString(),
-    machine: {
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model ?? 'unknown',
-      memoryBytes: totalmem(),
-      node: process.version,
-      fio: await toolVersion('fio', ['--version']),
-      nbdkit: await toolVersion('nbdkit', ['--version']),
-      qemuNbd: await toolVersion('qemu-nbd', ['--version']),
-    },
+    machine: await machineInfo({ fio: ['fio', ['--version']], nbdkit: ['nbdkit', ['--version']], qemuNbd: ['qemu-nbd', ['--version']] }),
     config: {
       servers: config.servers,
       workloads: config.workloads,

@@ -1,20 +1,11 @@
 /** Helpers for the backup format and media tests: in-memory media, seeded data, stream walking. */
 import type { MediumReader, MediumWriter } from '../../src/backup/media/medium.js';
+import { seededRandom } from '../helpers/random.js';
+export { seededRandom };
 import { BackupStreamWriter } from '../../src/backup/format/writer.js';
 import { BackupStreamReader } from '../../src/backup/format/reader.js';
 import { allocationRunsFromExtents, recordBytesFor, type BackupHeaderFields } from '../../src/backup/format/header.js';
 
-/** A deterministic generator (mulberry32), so every failure replays from its seed. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The bytes of source extent `extent`: different for every extent and seed. */
 export function extentData(extent: number, lengthBytes: number, seed = 1): Buffer {

@@ -15,6 +15,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { seededRandom } from '../helpers/random.js';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { requireTools, runOk } from '../helpers/tools.js';
 
@@ -24,17 +25,6 @@ const COMMANDS_PER_CYCLE = 400;
 const CYCLES = Number(process.env['THINARRAY_CRASH_CYCLES'] ?? 12);
 const SEED = Number(process.env['THINARRAY_CRASH_SEED'] ?? Date.now() % 1_000_000);
 
-/** mulberry32: a small seeded generator, so a failure replays from its seed. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Command =
   | { kind: 'write'; fua: boolean; offset: number; length: number; pattern: number }
