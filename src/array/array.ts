@@ -388,12 +388,8 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     return this.store.getSetting(trackingKey(volume.row.id));
   }
 
-  setTrackingBase(volume: Volume, backupId: string | undefined): void {
-    this.store.transaction(() => {
-      if (backupId === undefined) {
-        this.store.putSetting(trackingKey(volume.row.id), '');
-      } else this.store.putSetting(trackingKey(volume.row.id), backupId);
-    });
+  setTrackingBase(volume: Volume, backupId: string): void {
+    this.store.transaction(() => this.store.putSetting(trackingKey(volume.row.id), backupId));
   }
 
   isBusy(volume: Volume): boolean {

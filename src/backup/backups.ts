@@ -46,7 +46,7 @@ export interface BackupHost {
   exportWriters(name: string): number;
   deleteVolume(name: string): Promise<void>;
   trackingBase(volume: Volume): string | undefined;
-  setTrackingBase(volume: Volume, backupId: string | undefined): void;
+  setTrackingBase(volume: Volume, backupId: string): void;
   sync(): Promise<void>;
   trackWrite(write: Promise<unknown>): void;
 }

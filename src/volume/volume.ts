@@ -308,25 +308,32 @@ export class Volume implements BlockDevice {
 
   blockStatus(offsetBytes: number, lengthBytes: number, maxRuns = Number.MAX_SAFE_INTEGER): BlockStatusRun[] {
     this.#checkRange(offsetBytes, lengthBytes);
-    const runs: BlockStatusRun[] = [];
+    const extents = (first: number, end: number): Iterable<number> => this.#extentsWithData(first, end);
+    return this.#runsOf(offsetBytes, lengthBytes, extents, maxRuns).map((run) => ({ lengthBytes: run.lengthBytes, hole: !run.inSet, zero: !run.inSet }));
+  }
+
+  /**
+   * The range as runs of bytes inside / outside a set of extents (given ascending by `extents`
+   * for [first, end)), adjacent runs merged, at most `maxRuns` (covering a prefix then).
+   */
+  #runsOf(offsetBytes: number, lengthBytes: number, extents: (first: number, end: number) => Iterable<number>, maxRuns: number): Array<{ lengthBytes: number; inSet: boolean }> {
+    const runs: Array<{ lengthBytes: number; inSet: boolean }> = [];
     const endBytes = offsetBytes + lengthBytes;
     let position = offsetBytes;
-    const push = (untilBytes: number, hole: boolean): void => {
+    const push = (untilBytes: number, inSet: boolean): void => {
       const length = Math.min(untilBytes, endBytes) - position;
       if (length <= 0) return;
       const last = runs[runs.length - 1];
-      if (last && last.hole === hole) last.lengthBytes += length;
-      else runs.push({ lengthBytes: length, hole, zero: hole });
+      if (last && last.inSet === inSet) last.lengthBytes += length;
+      else runs.push({ lengthBytes: length, inSet });
       position += length;
     };
-    const firstExtent = Math.floor(offsetBytes / this.extentBytes);
-    const endExtent = Math.ceil(endBytes / this.extentBytes);
-    for (const extentIndex of this.#extentsWithData(firstExtent, endExtent)) {
-      push(extentIndex * this.extentBytes, true);
+    for (const extentIndex of extents(Math.floor(offsetBytes / this.extentBytes), Math.ceil(endBytes / this.extentBytes))) {
+      push(extentIndex * this.extentBytes, false);
       if (runs.length >= maxRuns) return runs;
-      push((extentIndex + 1) * this.extentBytes, false);
+      push((extentIndex + 1) * this.extentBytes, true);
     }
-    push(endBytes, true);
+    push(endBytes, false);
     return runs.length > maxRuns ? runs.slice(0, maxRuns) : runs;
   }
 
@@ -354,28 +361,9 @@ export class Volume implements BlockDevice {
   /** Changed-since-last-backup runs (the NBD context thinarray:dirty); all unchanged when not tracking. */
   changeStatus(offsetBytes: number, lengthBytes: number, maxRuns: number): ChangeStatusRun[] {
     this.#checkRange(offsetBytes, lengthBytes);
-    const runs: ChangeStatusRun[] = [];
-    const endBytes = offsetBytes + lengthBytes;
-    let position = offsetBytes;
-    const push = (untilBytes: number, changed: boolean): void => {
-      const length = Math.min(untilBytes, endBytes) - position;
-      if (length <= 0) return;
-      const last = runs[runs.length - 1];
-      if (last && last.changed === changed) last.lengthBytes += length;
-      else runs.push({ lengthBytes: length, changed });
-      position += length;
-    };
-    if (this.changes) {
-      const first = Math.floor(offsetBytes / this.extentBytes);
-      const end = Math.ceil(endBytes / this.extentBytes);
-      for (const extentIndex of this.changes.changedExtents(first, end)) {
-        push(extentIndex * this.extentBytes, false);
-        if (runs.length >= maxRuns) return runs;
-        push((extentIndex + 1) * this.extentBytes, true);
-      }
-    }
-    push(endBytes, false);
-    return runs.slice(0, maxRuns);
+    const changes = this.changes;
+    const extents = (first: number, end: number): Iterable<number> => (changes ? changes.changedExtents(first, end) : []);
+    return this.#runsOf(offsetBytes, lengthBytes, extents, maxRuns).map((run) => ({ lengthBytes: run.lengthBytes, changed: run.inSet }));
   }
 
   // ---- helpers ------------------------------------------------------------------------------
