@@ -343,9 +343,7 @@ export class BackupManager {
 
   async verify(source: string): Promise<{ jobId: string }> {
     const { medium, backupId } = await this.#resolveSource(source);
-    if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
-      throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
-    }
+    requireExisting(medium);
     const job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId }, `verify ${source}`);
     return { jobId: job.id };
   }
@@ -390,9 +388,7 @@ export class BackupManager {
     if (writers > 0 && request.force !== true) {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
-    if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
-      throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
-    }
+    requireExisting(medium);
     const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, ...request }, `${request.method} restore of ${request.source} to ${request.to}`);
     return { jobId: job.id };
   }
@@ -626,6 +622,13 @@ function recordRuns(indexes: readonly number[], max: number): number[][] {
     else runs.push([index]);
   }
   return runs;
+}
+
+/** A medium to read must exist: say so before a job is started for it. */
+function requireExisting(medium: Medium): void {
+  if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
+    throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
+  }
 }
 
 function viewName(backupId: string): string {

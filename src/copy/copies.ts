@@ -25,6 +25,7 @@ export interface CopyHost {
   readonly pool: Pool;
   readonly jobs: JobManager;
   volume(name: string): Volume;
+  hasVolume(name: string): boolean;
   volumeById(id: number): Volume | undefined;
   /** Inserts a target volume row inside the caller's transaction (attached only once it commits). */
   insertVolumeRow(name: string, capacityBytes: number, state: string, attr: 'user' | 'work'): VolumeRow;
@@ -208,13 +209,7 @@ export class CopyManager {
   }
 
   #refuseExistingTarget(targetName: string): void {
-    let exists = true;
-    try {
-      this.#host.volume(targetName);
-    } catch {
-      exists = false;
-    }
-    if (exists) throw new ThinError('ALREADY_EXISTS', `volume ${targetName} already exists; a copy makes a new volume`, { field: 'target' });
+    if (this.#host.hasVolume(targetName)) throw new ThinError('ALREADY_EXISTS', `volume ${targetName} already exists; a copy makes a new volume`, { field: 'target' });
   }
 
   /** A compact copy's header, rendered extent by extent when needed (reads of it, or the job writing it). */
