@@ -120,7 +120,9 @@ function pickDistinct(n: number, count: number, random: () => number): number[] 
   return Array.from(slots.subarray(0, count));
 }
 
-async function timed(fn: () => Promise<unknown>): Promise<number> {
+/** Times `fn`; first an untimed request, so the timed one never meets a keep-alive connection the server closed meanwhile. */
+async function timed(fn: () => Promise<unknown>, api?: Api): Promise<number> {
+  await api?.ping();
   const t0 = performance.now();
   await fn();
   return (performance.now() - t0) / 1000;
@@ -175,6 +177,11 @@ class Api {
     const text = await response.text();
     if (!response.ok) throw new Error(`${method} ${path} answered ${response.status}: ${text.slice(0, 2000)}`);
     return (text === '' ? undefined : JSON.parse(text)) as T;
+  }
+
+  /** An idempotent request, retried once: the server may have closed the idle connection meanwhile. */
+  async ping(): Promise<void> {
+    await this.call('GET', '/pool').catch(() => this.call('GET', '/pool'));
   }
 
   /** Waits for a job to end (bounded by the step timeout); throws unless it succeeded. */
@@ -433,6 +440,7 @@ async function main(): Promise<void> {
     const changeCount = Math.max(1, Math.round((config.changePercent / 100) * usedBytes / extentBytes));
     changedBytes = changeCount * extentBytes;
 
+    const stepTimed = (fn: () => Promise<unknown>): Promise<number> => timed(fn, api);
     const total = config.reps * STEPS.length;
     let done = 0;
     const record = (sample: Sample): void => {
@@ -446,29 +454,29 @@ async function main(): Promise<void> {
       // 1. thinarray full backup: from the request to the job's end.
       const fullPath = join(mediaDir, `full-${rep}.tbk`);
       let full: BackupEntry | undefined;
-      const backupS = await timed(async () => { full = await api.backup(VOLUME, `file:${fullPath}`, false); });
+      const backupS = await stepTimed(async () => { full = await api.backup(VOLUME, `file:${fullPath}`, false); });
       if (full!.state !== 'complete') throw new Error(`backup ${full!.id} is ${full!.state}: ${full!.error ?? ''}`);
       record({ rep, step: 'backup', seconds: backupS, ...(await fileSizes(fullPath)) });
 
       // 2. nbdcopy to a sparse file.
       const sparseOut = join(workDir, 'sparse.raw');
-      const nbdcopyS = await timed(() => runOk('nbdcopy', [uri, sparseOut], { timeoutMs: stepTimeoutMs }));
+      const nbdcopyS = await stepTimed(() => runOk('nbdcopy', [uri, sparseOut], { timeoutMs: stepTimeoutMs }));
       record({ rep, step: 'nbdcopy', seconds: nbdcopyS, ...(await fileSizes(sparseOut)) });
       await rm(sparseOut);
 
       // 3. qemu-img convert to qcow2.
       const qcow2 = join(workDir, 'out.qcow2');
-      const qemuS = await timed(() => runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, qcow2], { timeoutMs: stepTimeoutMs }));
+      const qemuS = await stepTimed(() => runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, qcow2], { timeoutMs: stepTimeoutMs }));
       record({ rep, step: 'qemu-img', seconds: qemuS, ...(await fileSizes(qcow2)) });
       await rm(qcow2);
 
       // 4. The limit: cp of the used data, page cache warm; then the same with the target synced.
       const limitOut = join(mediaDir, 'limit.raw');
       await runOk('dd', [`if=${dense}`, 'of=/dev/null', 'bs=8M', 'status=none'], { timeoutMs: stepTimeoutMs });
-      const cpS = await timed(() => runOk('cp', ['--sparse=never', dense, limitOut], { timeoutMs: stepTimeoutMs }));
+      const cpS = await stepTimed(() => runOk('cp', ['--sparse=never', dense, limitOut], { timeoutMs: stepTimeoutMs }));
       record({ rep, step: 'limit', seconds: cpS, ...(await fileSizes(limitOut)) });
       await rm(limitOut);
-      const cpSyncS = await timed(async () => {
+      const cpSyncS = await stepTimed(async () => {
         await runOk('cp', ['--sparse=never', dense, limitOut], { timeoutMs: stepTimeoutMs });
         await runOk('sync', [limitOut], { timeoutMs: stepTimeoutMs });
       });
@@ -476,13 +484,13 @@ async function main(): Promise<void> {
       await rm(limitOut);
 
       // 5. Restores of the full backup: remap into a new volume, writeback into an existing empty one.
-      const remapS = await timed(() => api.restore(full!.id, 'restored', 'remap', true));
+      const remapS = await stepTimed(() => api.restore(full!.id, 'restored', 'remap', true));
       const remapAllocated = await api.allocatedBytes('restored');
       if (remapAllocated !== usedBytes) throw new Error(`the remap restore allocated ${remapAllocated} bytes, expected ${usedBytes}`);
       record({ rep, step: 'restore-remap', seconds: remapS, allocatedBytes: remapAllocated });
       await api.deleteVolume('restored');
       await api.createVolume('target', config.volumeBytes);
-      const writebackS = await timed(() => api.restore(full!.id, 'target', 'writeback', false));
+      const writebackS = await stepTimed(() => api.restore(full!.id, 'target', 'writeback', false));
       const writebackAllocated = await api.allocatedBytes('target');
       if (writebackAllocated !== usedBytes) throw new Error(`the writeback restore allocated ${writebackAllocated} bytes, expected ${usedBytes}`);
       record({ rep, step: 'restore-writeback', seconds: writebackS, allocatedBytes: writebackAllocated });
@@ -498,7 +506,7 @@ async function main(): Promise<void> {
       if (afterChange !== usedBytes) throw new Error(`the volume has ${afterChange} bytes allocated after the change, expected ${usedBytes}`);
       const incPath = join(mediaDir, `inc-${rep}.tbk`);
       let inc: BackupEntry | undefined;
-      const incS = await timed(async () => { inc = await api.backup(VOLUME, `file:${incPath}`, true); });
+      const incS = await stepTimed(async () => { inc = await api.backup(VOLUME, `file:${incPath}`, true); });
       if (inc!.state !== 'complete' || inc!.kind !== 'incremental') throw new Error(`backup ${inc!.id} is ${inc!.state} ${inc!.kind}: ${inc!.error ?? ''}`);
       record({ rep, step: 'incremental', seconds: incS, ...(await fileSizes(incPath)) });
       if (inc!.extents !== changeCount) log(`note: the incremental holds ${inc!.extents} extents, ${changeCount} were changed`);

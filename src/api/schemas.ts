@@ -366,7 +366,7 @@ export const BackupEntrySchema: z.ZodType<BackupEntry> = z
     extents: z.number().int().meta({ description: 'Data extents in the stream (the used extents at the point in time).' }),
     capacityBytes: z.number().int(),
     extentBytes: z.number().int(),
-    digest: z.string().nullable().meta({ description: 'SHA-256 of the stream (hex), once complete.' }),
+    digest: z.string().nullable().meta({ description: 'The stream digest (hex, SHA-256 of the header and every frame header; docs/format.md), once complete.' }),
     labels: z.array(z.string()),
     description: z.string(),
     jobId: z.string().nullable().meta({ description: 'The job writing the stream (see /jobs/{id}).' }),

@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, isThinError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
+import { releaseBuffer } from '../lib/buffer-pool.js';
 import { ChangeTracker } from '../volume/change-tracker.js';
 import type { Logger } from '../lib/log.js';
 import type { MetaStore } from '../meta/store.js';
@@ -191,6 +192,7 @@ export class BackupManager {
           const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
           await writer.writeExtent(sourceExtent, data.subarray(k * view.extentBytes, k * view.extentBytes + length));
         }
+        releaseBuffer(data); // the writer has copied it: recycle rather than leave it to the collector
         ctx.addDone(run.length * view.extentBytes);
       }
       const summary = await writer.finish();
@@ -454,6 +456,7 @@ export class BackupManager {
     const inFlight = new Set<Promise<void>>();
     let failure: unknown;
     let batch: { buffer: Buffer; sourceExtents: number[] } | undefined;
+    const spareBuffers: Buffer[] = [];
     // Records are gathered into batches that go to new extents with one write per adjacent run,
     // several batches in flight: the data is written once, sequentially, as fast as the pool takes it.
     const flush = (): void => {
@@ -462,7 +465,10 @@ export class BackupManager {
       batch = undefined;
       const targets = pool.reserve(sourceExtents.length);
       sourceExtents.forEach((sourceExtent, i) => placed.push({ sourceExtent, physicalExtent: targets[i]! }));
-      const write = this.#writeRuns(targets, buffer, extentBytes).catch((error: unknown) => {
+      const write = this.#writeRuns(targets, buffer, extentBytes).then(() => {
+        // Reused by a later batch (fresh 2 MiB buffers kept the collector busy); the last, shorter one is not.
+        if (buffer.length === LIMITS.restoreBatchExtentsMax * extentBytes) spareBuffers.push(buffer);
+      }, (error: unknown) => {
         failure ??= error;
       });
       const tracked = write.finally(() => inFlight.delete(tracked));
@@ -473,8 +479,11 @@ export class BackupManager {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         if (failure) throw failure;
-        batch ??= { buffer: Buffer.alloc(LIMITS.restoreBatchExtentsMax * extentBytes), sourceExtents: [] };
-        record.data.copy(batch.buffer, batch.sourceExtents.length * extentBytes);
+        batch ??= { buffer: spareBuffers.pop() ?? Buffer.allocUnsafeSlow(LIMITS.restoreBatchExtentsMax * extentBytes), sourceExtents: [] };
+        const slot = batch.sourceExtents.length * extentBytes;
+        record.data.copy(batch.buffer, slot);
+        // The volume's last extent may be partial: the rest of its slot reads as zeros, as after any partial write.
+        if (record.data.length < extentBytes) batch.buffer.fill(0, slot + record.data.length, slot + extentBytes);
         batch.sourceExtents.push(record.sourceExtent);
         ctx.addDone(record.data.length);
         if (batch.sourceExtents.length === LIMITS.restoreBatchExtentsMax) {

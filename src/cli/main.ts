@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `thinarray` binary: runs one command line and exits with its code. */
+import './threadpool.js'; // first: sizes the thread pool before any module can use it
 import { runCli } from './program.js';
 
 const exitCode = await runCli(process.argv.slice(2), {

@@ -151,6 +151,8 @@ export const LIMITS = {
     writeChunkBytes: 1 * MiB,
     /** Chunks handed to the medium and not yet written: with the one being filled, the writer holds at most 5 MiB. */
     writeChunksInFlightMax: 4,
+    /** File media start a background fdatasync each time this much more has been written (see SequentialFileWriter). */
+    syncBehindBytes: 64 * MiB,
     /** Read-ahead of the file media (fs stream highWaterMark), at least writeChunkBytes (see above). */
     readChunkBytes: 1 * MiB,
     /** Smallest cartridge: the 128-byte label plus room for data; tests use small ones to make many. */

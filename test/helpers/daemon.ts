@@ -255,7 +255,9 @@ export class Daemon {
     this.stdoutText = appendCapped(this.stdoutText, marker);
     this.stderrText = appendCapped(this.stderrText, marker);
 
-    const args = [CLI_MAIN, 'serve', '--home', this.home, '--nbd-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0', ...this.extraArgs];
+    // THINARRAY_TEST_DAEMON_NODE_ARGS passes node flags to the daemon only (e.g. --cpu-prof for a bench profile).
+    const nodeArgs = (process.env.THINARRAY_TEST_DAEMON_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '');
+    const args = [...nodeArgs, CLI_MAIN, 'serve', '--home', this.home, '--nbd-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0', ...this.extraArgs];
     const child = spawn(process.execPath, args, {
       cwd: this.home,
       env: cleanEnv(this.env),

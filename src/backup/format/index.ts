@@ -1,4 +1,4 @@
-/** The backup stream format, version 1 (docs/format.md). */
+/** The backup stream format, version 2 (docs/format.md). */
 export { BackupStreamWriter, type BackupStreamSummary } from './writer.js';
 export { BackupStreamReader, type BackupRecord, type BackupTrailer } from './reader.js';
 export { inspectStream, type StreamSummary } from './inspect.js';

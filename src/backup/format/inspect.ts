@@ -22,7 +22,7 @@ export interface StreamSummary {
   dataBytes: number;
   headerBytes: number;
   streamBytes: number;
-  /** SHA-256 of everything before the trailer (checked). */
+  /** The stream digest (SHA-256 of the header and every DATA frame header; checked). */
   digestHex: string;
 }
 

@@ -2,7 +2,8 @@
  * Reads a backup stream strictly sequentially and checks everything on the way: every frame's
  * two CRC-32s, the header's SHA-256 (HEND) before any data is handed out, every record's index,
  * source extent and length against the header, and at the end the trailer's counts and the
- * SHA-256 of the whole stream. Any damage raises BackupCorruptError (CORRUPT) naming the byte
+ * stream digest (SHA-256 over the header and every frame header, each of which carries its
+ * payload's CRC-32). Any damage raises BackupCorruptError (CORRUPT) naming the byte
  * offset, the part of the stream and the record.
  */
 import { createHash, type Hash } from 'node:crypto';
@@ -166,7 +167,7 @@ export class BackupStreamReader {
       trailer.recordCount !== this.#nextRecord ? `trailer counts ${trailer.recordCount} records, the stream holds ${this.#nextRecord}`
       : trailer.dataBytes !== this.#dataBytes ? `trailer counts ${trailer.dataBytes} data bytes, the stream holds ${this.#dataBytes}`
       : trailer.streamBytesBeforeTrailer !== frameOffset ? `trailer says it starts at byte ${trailer.streamBytesBeforeTrailer}, it starts at ${frameOffset}`
-      : trailer.digestHex !== computedDigest ? `whole-stream SHA-256 mismatch (trailer ${trailer.digestHex}, computed ${computedDigest})`
+      : trailer.digestHex !== computedDigest ? `stream digest mismatch (trailer ${trailer.digestHex}, computed ${computedDigest})`
       : null;
     if (mismatch) throw this.#corrupt(position, mismatch);
     const endOffset = this.offsetBytes;
@@ -269,7 +270,7 @@ export class BackupStreamReader {
     const data = await this.#source.read(expectedBytes);
     if (data.length < expectedBytes) this.#truncated(dataPosition, expectedBytes - data.length);
     this.#checkPayloadCrc(frameHeader, data, dataPosition);
-    this.#streamDigest.update(data);
+    // Not fed to the stream digest: the frame header, which is, carries this payload's CRC-32.
     return data;
   }
 

@@ -20,9 +20,12 @@ export interface BackupStreamSummary {
   dataBytes: number;
   /** Every byte of the stream, trailer included. */
   streamBytes: number;
-  /** SHA-256 (hex) of every byte before the trailer, as stored in the trailer. */
+  /** The stream digest (hex) stored in the trailer: SHA-256 of the header section and every DATA frame header. */
   digestHex: string;
 }
+
+/** 'digest': bytes the stream digest covers; 'payload': DATA payloads (covered by their CRC-32 in the digested frame header) and the trailer. */
+type ByteRole = 'digest' | 'payload';
 
 interface Dispatched {
   buffer: Buffer;
@@ -43,15 +46,12 @@ export class BackupStreamWriter {
   #dataBytesWritten = 0;
   /** Stream bytes staged so far (the stream offset of the next byte). */
   #streamBytes = 0;
-  /** Digest of everything before the trailer; fed as staging buffers go out. */
+  /** The stream digest: the header section and every frame header before the trailer (not the payloads: each frame header carries its payload's CRC-32). */
   readonly #streamDigest: Hash = createHash(DIGEST_ALGORITHM);
   /** Digest of the header bytes (preamble through CORR) for HEND; null once the header is written. */
   #headerDigest: Hash | null = createHash(DIGEST_ALGORITHM);
-  #streamDigestClosed = false;
   #staging: Buffer;
   #stagedBytes = 0;
-  /** Bytes of #staging already fed to #streamDigest. */
-  #hashedBytes = 0;
   readonly #inFlight: Dispatched[] = [];
   #failure: unknown = null;
   /** A call is staging bytes: calls must come one at a time (each awaited), or frames would interleave. */
@@ -81,7 +81,7 @@ export class BackupStreamWriter {
   async writeHeader(): Promise<void> {
     this.#expectState('new', 'writeHeader');
     await this.#guard(async () => {
-      await this.#append(renderPreamble());
+      await this.#append(renderPreamble(), 'digest');
       const counts = { mappedExtentCount: this.#mappedExtentCount, dataBytes: this.#expectedDataBytes };
       await this.#appendFrame(TAG.head, renderHeadPayload(this.#fields, counts), 0, 0);
       await this.#appendTable(TAG.allocationMap, this.#fields.allocationRuns, 2, BACKUP_LIMITS.runsPerFrameMax, RUN_BYTES);
@@ -108,8 +108,8 @@ export class BackupStreamWriter {
     if (data.length !== expectedBytes) throw new ThinError('INVALID_ARGUMENT', `writeExtent: record ${index} (source extent ${sourceExtent}) must be ${expectedBytes} bytes, got ${data.length}`);
     await this.#guard(async () => {
       renderFrameHeader(this.#frameHeader, 0, TAG.data, data.length, index, sourceExtent, crc32(data));
-      await this.#append(this.#frameHeader);
-      await this.#append(data);
+      await this.#append(this.#frameHeader, 'digest');
+      await this.#append(data, 'payload');
       this.#recordsWritten++;
       this.#dataBytesWritten += data.length;
     });
@@ -122,9 +122,6 @@ export class BackupStreamWriter {
     if (this.#recordsWritten !== announced) throw new ThinError('INVALID_ARGUMENT', `finish: the header announced ${announced} records, ${this.#recordsWritten} were written`);
     assert(this.#dataBytesWritten === this.#expectedDataBytes, 'data bytes written match the header');
     return await this.#guard(async () => {
-      this.#streamDigest.update(this.#staging.subarray(this.#hashedBytes, this.#stagedBytes));
-      this.#hashedBytes = this.#stagedBytes;
-      this.#streamDigestClosed = true;
       const digest = this.#streamDigest.digest();
       const streamBytesBeforeTrailer = this.#streamBytes;
       const payload = Buffer.alloc(TRAILER.payloadBytes);
@@ -132,7 +129,7 @@ export class BackupStreamWriter {
       writeU64(payload, this.#dataBytesWritten, TRAILER.dataBytes);
       writeU64(payload, streamBytesBeforeTrailer, TRAILER.streamBytesBeforeTrailer);
       digest.copy(payload, TRAILER.digest);
-      await this.#appendFrame(TAG.trailer, payload, 0, 0);
+      await this.#appendFrame(TAG.trailer, payload, 0, 0, 'payload');
       await this.#dispatch(false);
       await Promise.all(this.#inFlight.map((d) => d.done));
       this.#throwIfFailed();
@@ -170,10 +167,11 @@ export class BackupStreamWriter {
     }
   }
 
-  async #appendFrame(tag: FrameTag, payload: Buffer, arg0: number, arg1: number): Promise<void> {
+  /** A whole frame; header-section frames go into the stream digest (the default), the trailer does not. */
+  async #appendFrame(tag: FrameTag, payload: Buffer, arg0: number, arg1: number, role: ByteRole = 'digest'): Promise<void> {
     renderFrameHeader(this.#frameHeader, 0, tag, payload.length, arg0, arg1, crc32(payload));
-    await this.#append(this.#frameHeader);
-    await this.#append(payload);
+    await this.#append(this.#frameHeader, role);
+    await this.#append(payload, role);
   }
 
   /** A table (runs: 2 numbers per entry; correspondence: 1) as frames of at most `perFrame` entries of u64s. */
@@ -188,8 +186,9 @@ export class BackupStreamWriter {
   }
 
   /** Copies `bytes` into the staging buffers, sending each one to the medium as it fills. */
-  async #append(bytes: Uint8Array): Promise<void> {
+  async #append(bytes: Uint8Array, role: ByteRole): Promise<void> {
     this.#headerDigest?.update(bytes);
+    if (role === 'digest') this.#streamDigest.update(bytes);
     let copied = 0;
     while (copied < bytes.length) {
       const take = Math.min(bytes.length - copied, this.#staging.length - this.#stagedBytes);
@@ -203,7 +202,6 @@ export class BackupStreamWriter {
 
   /** Hands the staged bytes to the medium and takes a free staging buffer (waiting for the oldest write when all are in flight). */
   async #dispatch(needNext: boolean): Promise<void> {
-    if (!this.#streamDigestClosed) this.#streamDigest.update(this.#staging.subarray(this.#hashedBytes, this.#stagedBytes));
     if (this.#stagedBytes > 0) {
       const buffer = this.#staging;
       const done = this.#medium.write(buffer.subarray(0, this.#stagedBytes)).catch((error: unknown) => {
@@ -212,7 +210,6 @@ export class BackupStreamWriter {
       this.#inFlight.push({ buffer, done });
     }
     this.#stagedBytes = 0;
-    this.#hashedBytes = 0;
     if (!needNext) return;
     if (this.#inFlight.length < BACKUP_LIMITS.writeChunksInFlightMax) {
       this.#staging = Buffer.allocUnsafeSlow(BACKUP_LIMITS.writeChunkBytes);
