@@ -57,6 +57,9 @@ function buildOperation(route: Route): object {
       content: { 'application/json': { schema: toJsonSchema(route.body, 'input') } },
     };
   }
+  if (route.streamedBody !== undefined) {
+    operation['requestBody'] = { required: true, content: { [route.streamedBody]: { schema: { type: 'string', format: 'binary' } } } };
+  }
   operation['responses'] = buildResponses(route);
   return operation;
 }

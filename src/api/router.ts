@@ -3,6 +3,7 @@
  * one handler; the HTTP server validates with the schemas, and the OpenAPI document is built from
  * the same objects, so the table in routes.ts is the single source of both.
  */
+import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import type { StorageArrayApi } from '../array/types.js';
 
@@ -31,6 +32,15 @@ export class TextResponse {
   ) {}
 }
 
+/** A handler answer whose body is a byte stream (a backup going to the CLI's stdout). */
+export class StreamResponse {
+  constructor(
+    readonly contentType: string,
+    readonly headers: Record<string, string>,
+    readonly body: Readable,
+  ) {}
+}
+
 export interface RouteSuccess {
   status: 200 | 201 | 202 | 204;
   description: string;
@@ -49,6 +59,11 @@ interface RouteFields {
   summary: string;
   /** Routes reachable without the bearer token (only the health check). */
   public?: boolean;
+  /**
+   * The request body is a byte stream of this content type, handed to the handler unread as
+   * `input.stream` (a backup coming from the CLI's stdin); options then travel in the query.
+   */
+  streamedBody?: string;
   success: RouteSuccess;
   /** Error statuses this route may answer with, for the document (401 is added for non-public routes). */
   errorStatuses: number[];
@@ -59,7 +74,7 @@ export interface RouteSpec<P extends z.ZodType, B extends z.ZodType, Q extends z
   body?: B;
   /** Query-string parameters (an object of optional fields); routes without it ignore the query. */
   query?: Q;
-  handle(input: { params: z.output<P>; body: z.output<B>; query: z.output<Q> }, context: RouteContext): unknown;
+  handle(input: { params: z.output<P>; body: z.output<B>; query: z.output<Q>; stream: Readable }, context: RouteContext): unknown;
 }
 
 /** The type-erased form kept in the table. */
@@ -67,7 +82,7 @@ export interface Route extends RouteFields {
   params?: z.ZodType;
   body?: z.ZodType;
   query?: z.ZodType;
-  handle(input: { params: unknown; body: unknown; query: unknown }, context: RouteContext): unknown;
+  handle(input: { params: unknown; body: unknown; query: unknown; stream: Readable }, context: RouteContext): unknown;
 }
 
 /** Keeps the handler's input types tied to its schemas, then erases them for the table. */

@@ -2,10 +2,13 @@
  * The one table of API routes. Each route: validate (schemas, done by the server) → call the
  * array → shape the answer. Paths are relative to /api/v1.
  */
+import { PassThrough } from 'node:stream';
 import { z } from 'zod';
-import { ThinError } from '../lib/errors.js';
+import { ERROR_CODES, ThinError, type ErrorCode } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
-import { defineRoute, TextResponse, type Route } from './router.js';
+import { ReadableMediumReader, WritableMediumWriter } from '../backup/media/index.js';
+import type { JobInfo } from '../jobs/job-manager.js';
+import { defineRoute, StreamResponse, TextResponse, type Route } from './router.js';
 import {
   BackupCreateRequestSchema,
   BackupDeleteQuerySchema,
@@ -13,6 +16,7 @@ import {
   BackupIdParamsSchema,
   BackupListQuerySchema,
   BackupListResponseSchema,
+  BackupStreamRequestSchema,
   BackupVerifyRequestSchema,
   CheckReportSchema,
   CheckRequestSchema,
@@ -30,6 +34,7 @@ import {
   JobWaitQuerySchema,
   PoolAddRequestSchema,
   RestoreRequestSchema,
+  RestoreStreamQuerySchema,
   PoolInfoSchema,
   VolumeCreateRequestSchema,
   VolumeInfoSchema,
@@ -41,6 +46,9 @@ import {
 import type { BackupCreateRequest, StorageArrayApi, VolumeAttr, VolumeInfo, VolumeUpdateRequest } from '../array/types.js';
 
 export const API_PREFIX = '/api/v1';
+
+/** The backup stream over HTTP (`-` media): its bytes exactly as on a file medium. */
+const STREAM_CONTENT_TYPE = 'application/octet-stream';
 
 export const ROUTES: readonly Route[] = [
   defineRoute({
@@ -192,6 +200,22 @@ export const ROUTES: readonly Route[] = [
     handle: ({ body }, { array }) => array.backups.create(backupCreateRequest(body)),
   }),
   defineRoute({
+    method: 'POST',
+    path: '/backups/stream',
+    operationId: 'streamBackup',
+    tag: 'backups',
+    summary:
+      'Back up a volume to the caller (the CLI\'s `--to -`): the answer\'s body is the backup stream (docs/format.md), produced by the job named in the `x-thinarray-job-id` header for the catalog entry in `x-thinarray-backup-id`. A failure cuts the stream short; the job and the entry then say why.',
+    body: BackupStreamRequestSchema,
+    success: { status: 200, description: 'The backup stream.', contentType: STREAM_CONTENT_TYPE },
+    errorStatuses: [400, 404, 409, 507],
+    handle: async ({ body }, { array }) => {
+      const stream = new PassThrough({ highWaterMark: LIMITS.backup.writeChunkBytes });
+      const entry = await array.backups.create(backupCreateRequest({ ...body, to: '-' }), new WritableMediumWriter(stream, "the CLI's stdout"));
+      return new StreamResponse(STREAM_CONTENT_TYPE, { 'x-thinarray-backup-id': entry.id, 'x-thinarray-job-id': entry.jobId ?? '' }, stream);
+    },
+  }),
+  defineRoute({
     method: 'GET',
     path: '/backups',
     operationId: 'listBackups',
@@ -247,6 +271,26 @@ export const ROUTES: readonly Route[] = [
     success: { status: 202, description: 'The restore job.', schema: JobStartedSchema },
     errorStatuses: [400, 404, 409],
     handle: ({ body }, { array }) => array.backups.restore(body),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/restores/stream',
+    operationId: 'restoreStream',
+    tag: 'backups',
+    summary:
+      'Restore the backup stream sent as the request body (the CLI\'s `restore -`, from its stdin) into a volume; options in the query. Answers when the restore job has ended: the job, succeeded, or the error that failed it.',
+    streamedBody: STREAM_CONTENT_TYPE,
+    query: RestoreStreamQuerySchema,
+    success: { status: 200, description: 'The restore job, succeeded.', schema: JobInfoSchema },
+    errorStatuses: [400, 404, 409, 415],
+    handle: async ({ query, stream }, { array }) => {
+      const reader = new ReadableMediumReader(stream, "the CLI's stdin");
+      const { jobId } = await array.backups.restore({ source: '-', ...query }, reader).catch(async (error: unknown) => {
+        await reader.close();
+        throw error;
+      });
+      return await jobOutcome(array, jobId);
+    },
   }),
   defineRoute({
     method: 'GET',
@@ -347,4 +391,16 @@ function backupCreateRequest(body: { volume: string; to: string; incremental?: b
   if (body.labels !== undefined) request.labels = body.labels;
   if (body.description !== undefined) request.description = body.description;
   return request;
+}
+
+/** Waits for a job to end, without a deadline (the caller is streaming to it); its error becomes the answer. */
+async function jobOutcome(array: StorageArrayApi, jobId: string): Promise<JobInfo> {
+  for (;;) {
+    const info = await array.jobs.wait(jobId, LIMITS.jobWaitMsMax);
+    if (info.state === 'succeeded') return info;
+    if (info.state === 'failed' || info.state === 'cancelled') {
+      const code = info.error && info.error.code in ERROR_CODES ? (info.error.code as ErrorCode) : 'IO_ERROR';
+      throw new ThinError(code, info.error?.message ?? `job ${jobId} ${info.state}`);
+    }
+  }
 }

@@ -211,6 +211,18 @@ export const RestoreRequestSchema = z.strictObject({
   force: z.boolean({ error: 'expected true or false' }).default(false).meta({ description: 'Restore even though hosts have the volume open read-write over NBD.' }),
 });
 
+export const BackupStreamRequestSchema = BackupCreateRequestSchema.omit({ to: true, mediaSizeBytes: true });
+
+const queryFlag = (description: string) =>
+  z.enum(['true', 'false'], { error: 'must be true or false' }).default('false').transform((text) => text === 'true').meta({ description });
+
+export const RestoreStreamQuerySchema = z.strictObject({
+  to: VolumeNameSchema.meta({ description: 'The volume to restore into.', examples: ['vm1-disk0-restored'] }),
+  method: RestoreMethodSchema.default('remap'),
+  create: queryFlag('Create the volume `to` (with the backed-up capacity); it must not exist.'),
+  force: queryFlag('Restore even though hosts have the volume open read-write over NBD.'),
+});
+
 export const JobStartedSchema = z.object({ jobId: z.string().meta({ description: 'The job doing the work (see /jobs/{id}).' }) });
 
 export const CheckRequestSchema = z.strictObject({

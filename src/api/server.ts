@@ -5,13 +5,15 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { z } from 'zod';
 import { ERROR_CODES, isThinError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import type { Logger } from '../lib/log.js';
 import type { StorageArrayApi } from '../array/types.js';
 import { buildOpenApiDocument } from './openapi.js';
-import { Router, TextResponse, type MetricsSource, type Route, type RouteContext } from './router.js';
+import { Router, StreamResponse, TextResponse, type MetricsSource, type Route, type RouteContext } from './router.js';
 import { API_PREFIX, ROUTES } from './routes.js';
 
 export interface ApiServerOptions {
@@ -40,6 +42,12 @@ interface Answer {
   status: number;
   headers: Record<string, string>;
   text: string | undefined;
+}
+
+interface StreamAnswer {
+  status: number;
+  headers: Record<string, string>;
+  stream: Readable;
 }
 
 /**
@@ -94,17 +102,27 @@ export class ApiServer {
 
   private async serve(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const startedNs = process.hrtime.bigint();
-    let answer: Answer;
+    let answer: Answer | StreamAnswer;
     try {
       answer = await this.dispatch(request);
     } catch (error) {
       answer = this.errorAnswer(error, request);
     }
-    this.send(response, answer);
+    if ('stream' in answer) await this.sendStream(response, answer);
+    else this.send(response, answer);
+    // A body not read to its end (too large, or a streamed restore that failed early): after the
+    // answer, the rest is drained, or the connection hung up when too much keeps coming.
+    if (!request.complete) drainOrHangUp(request);
     this.logRequest(request, answer.status, Number(process.hrtime.bigint() - startedNs) / 1e6);
   }
 
-  private async dispatch(request: IncomingMessage): Promise<Answer> {
+  /** Headers now, then the body as the handler's stream produces it; a client gone midway destroys the stream (its producer sees the failure). */
+  private async sendStream(response: ServerResponse, answer: StreamAnswer): Promise<void> {
+    response.writeHead(answer.status, answer.headers);
+    await pipeline(answer.stream, response).catch(() => undefined);
+  }
+
+  private async dispatch(request: IncomingMessage): Promise<Answer | StreamAnswer> {
     const method = request.method ?? 'GET';
     const url = new URL(request.url ?? '/', 'http://localhost');
     const pathname = url.pathname;
@@ -120,11 +138,17 @@ export class ApiServer {
       });
     }
     const { route, rawParams } = match;
+    if (route.streamedBody !== undefined && !isContentType(request, route.streamedBody)) {
+      throw new HttpError(415, 'UNSUPPORTED', `this route reads a ${route.streamedBody} request body (got ${request.headers['content-type'] ?? 'no content-type'})`);
+    }
     const rawBody = route.body ? await readJsonBody(request) : undefined;
     const params = route.params ? validate(route.params, rawParams) : undefined;
     const body = route.body ? validate(route.body, rawBody) : undefined;
     const query = route.query ? validate(route.query, Object.fromEntries(url.searchParams)) : undefined;
-    const result = await route.handle({ params, body, query }, this.context);
+    const result = await route.handle({ params, body, query, stream: request }, this.context);
+    if (result instanceof StreamResponse) {
+      return { status: route.success.status, headers: { 'content-type': result.contentType, ...result.headers }, stream: result.body };
+    }
     return shapeSuccess(route, result);
   }
 
@@ -141,7 +165,6 @@ export class ApiServer {
 
   private errorAnswer(error: unknown, request: IncomingMessage): Answer {
     if (error instanceof HttpError) {
-      if (error.status === 413) drainOrHangUp(request);
       return jsonAnswer(error.status, errorBody(error.code, error.message, error.field), error.headers);
     }
     if (isThinError(error)) {
@@ -161,6 +184,10 @@ export class ApiServer {
     if (request.method === 'GET' && status < 400) this.options.logger.debug(fields, 'api request');
     else this.options.logger.info(fields, 'api request');
   }
+}
+
+function isContentType(request: IncomingMessage, expected: string): boolean {
+  return (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase() === expected;
 }
 
 function shapeSuccess(route: Route, result: unknown): Answer {

@@ -13,6 +13,7 @@ export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manag
 export type { CopyInfo } from '../copy/copies.js';
 export type { BackupEntry, BackupState } from '../backup/catalog.js';
 export type { BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
+import type { MediumReader, MediumWriter } from '../backup/media/medium.js';
 
 /** instant: the source's capacity and addresses; compact: the used extents packed behind a header. */
 export type CopyMode = CopyInfo['mode'];
@@ -115,8 +116,11 @@ export interface JobStarted {
  * and answers at once; media are `file:/ABS/PATH` or `dir:/ABS/PATH` under the daemon's media roots.
  */
 export interface BackupsApi {
-  /** Takes the point in time before it resolves; the stream is written by the job `jobId`. */
-  create(request: BackupCreateRequest): Promise<BackupEntry>;
+  /**
+   * Takes the point in time before it resolves; the stream is written by the job `jobId`.
+   * `attached`: the medium when `to` is "-" (the API's answer to the CLI, streamed to its stdout).
+   */
+  create(request: BackupCreateRequest, attached?: MediumWriter): Promise<BackupEntry>;
   /** Catalog entries, oldest first; with `volume`, only that volume's. */
   list(volume?: string): BackupEntry[];
   /** NOT_FOUND for an unknown id. */
@@ -129,8 +133,8 @@ export interface BackupsApi {
   copy(id: string, to: string, mediaSizeBytes?: number): Promise<BackupEntry>;
   /** Reads a catalog id's medium, or a medium, to its end, checking everything (a job). */
   verify(source: string): Promise<{ jobId: string }>;
-  /** Restores a catalog id or a medium into a volume by remap or writeback (a job). */
-  restore(request: RestoreRequest): Promise<{ jobId: string }>;
+  /** Restores a catalog id or a medium into a volume by remap or writeback (a job); `attached`: the medium when `source` is "-" (the CLI's stdin). */
+  restore(request: RestoreRequest, attached?: MediumReader): Promise<{ jobId: string }>;
 }
 
 export interface StorageArrayApi {

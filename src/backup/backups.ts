@@ -14,6 +14,7 @@
  *  - writeback: each record is written to its original address in an existing volume, then the
  *    extents unmapped at backup time are trimmed; a failure marks the volume `incomplete`.
  */
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, isThinError } from '../lib/errors.js';
@@ -82,6 +83,9 @@ export class BackupManager {
   readonly #logger: Logger;
   readonly #mediaRoots: string[];
   readonly catalog: BackupCatalog;
+  /** `-` media the API attached, until their job opens them: backup id → the CLI's stdout; restore attachment → its stdin. */
+  readonly #attachedWriters = new Map<string, MediumWriter>();
+  readonly #attachedReaders = new Map<string, MediumReader>();
 
   constructor(host: BackupHost, logger: Logger, mediaRoots: readonly string[]) {
     this.#host = host;
@@ -89,8 +93,15 @@ export class BackupManager {
     this.#mediaRoots = mediaRoots.map((root) => path.resolve(root));
     this.catalog = new BackupCatalog(host.store);
     // Streams to a FIFO or a tape cannot resume: a backup cut by a restart ends failed, clearly.
-    host.jobs.register({ name: BACKUP_JOB, resumable: false, run: (ctx, params) => this.#runBackup(ctx, params) });
-    host.jobs.register({ name: RESTORE_JOB, resumable: false, run: (ctx, params) => this.#runRestore(ctx, params) });
+    // A `-` medium the job never opened (it failed first) is cut here, so the CLI is not left waiting.
+    host.jobs.register({
+      name: BACKUP_JOB, resumable: false,
+      run: (ctx, params) => this.#runBackup(ctx, params).finally(() => this.#dropAttached(this.#attachedWriters, (params as { backupId: string }).backupId)),
+    });
+    host.jobs.register({
+      name: RESTORE_JOB, resumable: false,
+      run: (ctx, params) => this.#runRestore(ctx, params).finally(() => this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment)),
+    });
     host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
     host.jobs.register({ name: COPY_JOB, resumable: false, run: (ctx, params) => this.#runCopy(ctx, params) });
   }
@@ -108,9 +119,13 @@ export class BackupManager {
   // ---- backup create ------------------------------------------------------------------------
 
   /** Takes the point in time (the view) before it returns; the stream is then written by a job. */
-  async create(request: BackupCreateRequest): Promise<BackupEntry> {
+  /**
+   * `attached` is the medium for `to: "-"`: the API's HTTP response, streamed to the CLI's stdout
+   * (POST /backups/stream). Any other medium is opened by the job under the media roots.
+   */
+  async create(request: BackupCreateRequest, attached?: MediumWriter): Promise<BackupEntry> {
     const volume = this.#host.volume(request.volume);
-    const medium = await this.#checkedMedium(request.to, 'to');
+    const medium = request.to === '-' ? this.#attachedMedium(attached !== undefined, 'to', '/backups/stream', '--to -') : await this.#checkedMedium(request.to, 'to');
     const labels = request.labels ?? [];
     if (!Array.isArray(labels) || labels.some((label) => typeof label !== 'string' || label.length > 200)) {
       throw new ThinError('INVALID_ARGUMENT', 'labels: a list of strings of at most 200 characters', { field: 'labels' });
@@ -138,7 +153,8 @@ export class BackupManager {
       this.catalog.remove(id);
       throw error;
     }
-    const job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${formatMedium(medium)}`);
+    if (attached) this.#attachedWriters.set(id, attached);
+    const job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${medium.kind === 'stdio' ? "the CLI's stdout" : formatMedium(medium)}`);
     this.catalog.setJob(id, job.id);
     return this.catalog.get(id)!;
   }
@@ -230,6 +246,7 @@ export class BackupManager {
   }
 
   async #purge(entry: BackupEntry): Promise<void> {
+    if (entry.medium === '-') return; // streamed to the CLI: nothing of it is held here
     const medium = await this.#checkedMedium(entry.medium, 'medium');
     if (medium.kind === 'file') {
       const stat = await fs.promises.stat(medium.path).catch(() => undefined);
@@ -375,11 +392,14 @@ export class BackupManager {
 
   // ---- restore ------------------------------------------------------------------------------
 
-  async restore(request: RestoreRequest): Promise<{ jobId: string }> {
+  /** `attached` is the medium for `source: "-"`: the API's HTTP request body, the CLI's stdin (POST /restores/stream). */
+  async restore(request: RestoreRequest, attached?: MediumReader): Promise<{ jobId: string }> {
     if (request.method !== 'remap' && request.method !== 'writeback') {
       throw new ThinError('INVALID_ARGUMENT', "method: must be 'remap' or 'writeback'", { field: 'method' });
     }
-    const { medium, backupId } = await this.#resolveSource(request.source);
+    const { medium, backupId } = request.source === '-'
+      ? { medium: this.#attachedMedium(attached !== undefined, 'source', '/restores/stream', 'restore -'), backupId: null }
+      : await this.#resolveSource(request.source);
     const exists = this.#host.hasVolume(request.to);
     if (!exists && !request.create) throw new ThinError('NOT_FOUND', `volume ${request.to} does not exist (add --create to make it)`, { field: 'to' });
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
@@ -391,19 +411,22 @@ export class BackupManager {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
     requireExisting(medium);
-    const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, ...request }, `${request.method} restore of ${request.source} to ${request.to}`);
+    const attachment = attached ? randomUUID() : null;
+    if (attached && attachment) this.#attachedReaders.set(attachment, attached);
+    const from = medium.kind === 'stdio' ? "the CLI's stdin" : request.source;
+    const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, ...request }, `${request.method} restore of ${from} to ${request.to}`);
     return { jobId: job.id };
   }
 
   async #runRestore(ctx: JobContext, params: unknown): Promise<unknown> {
-    const request = params as RestoreRequest & { medium: string; backupId: string | null };
+    const request = params as RestoreRequest & { medium: string; backupId: string | null; attachment: string | null };
     // An incremental restores as its chain: the full backup it builds on, then each incremental.
     const chain = request.backupId ? this.#chainOf(request.backupId) : [undefined];
     let volume: Volume | undefined;
     let previous: BackupHeader | undefined;
     for (const [link, entry] of chain.entries()) {
       const medium = entry ? await this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
-      const reader = await this.#openReader(medium, entry ? this.#streamIdOf(entry) : undefined);
+      const reader = medium.kind === 'stdio' ? this.#takeAttached(this.#attachedReaders, request.attachment ?? '', "the CLI's stdin") : await this.#openReader(medium, entry ? this.#streamIdOf(entry) : undefined);
       try {
         const stream = new BackupStreamReader(reader);
         const header = await stream.readHeader();
@@ -585,7 +608,10 @@ export class BackupManager {
   /** Parses a medium and refuses anything outside the daemon's media roots (symlinks resolved). */
   async #checkedMedium(text: string, field: string): Promise<Medium> {
     const medium = parseMedium(text, { field });
-    if (medium.kind === 'stdio' || medium.kind === 'volume') {
+    if (medium.kind === 'stdio') {
+      throw new ThinError('UNSUPPORTED', `${field}: "-" was the CLI's stdout/stdin: the array does not hold that stream (pipe a saved copy into \`thinarray restore - --to VOLUME\`)`, { field });
+    }
+    if (medium.kind === 'volume') {
       throw new ThinError('UNSUPPORTED', `${field}: ${text} media are not supported by this daemon yet; use file:PATH or dir:PATH`, { field });
     }
     try {
@@ -597,7 +623,31 @@ export class BackupManager {
     }
   }
 
+  /** `-` is only a medium when the API attached the CLI's stream to the request; say where to send it otherwise. */
+  #attachedMedium(isAttached: boolean, field: string, route: string, cliForm: string): Medium {
+    if (!isAttached) {
+      throw new ThinError('UNSUPPORTED', `${field}: "-" is the CLI's stdout/stdin, streamed through the API: use POST /api/v1${route} (the CLI does for \`${cliForm}\`)`, { field });
+    }
+    return { kind: 'stdio' };
+  }
+
+  /** The stream the API attached for a job; gone after a daemon restart (the CLI's connection is gone with it). */
+  #takeAttached<T>(attached: Map<string, T>, key: string, what: string): T {
+    const medium = attached.get(key);
+    if (!medium) throw new ThinError('IO_ERROR', `${what} is no longer connected (the daemon restarted, or the CLI went away)`);
+    attached.delete(key);
+    return medium;
+  }
+
+  async #dropAttached(attached: Map<string, MediumWriter | MediumReader>, key: string | null): Promise<void> {
+    const medium = key === null ? undefined : attached.get(key);
+    if (!medium) return;
+    attached.delete(key!);
+    await ('abort' in medium ? medium.abort() : medium.close()).catch(() => undefined);
+  }
+
   #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined): Promise<MediumWriter> {
+    if (medium.kind === 'stdio') return Promise.resolve(this.#takeAttached(this.#attachedWriters, backupId, "the CLI's stdout"));
     return openMediumWriter(medium, { roots: this.#mediaRoots, backupId, ...(mediaSizeBytes === undefined ? {} : { mediaSizeBytes }) });
   }
 

@@ -4,6 +4,7 @@
  * CliError whose message says where it tried.
  */
 import { existsSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { homePaths, readDaemonInfo, readToken, resolveHome } from '../daemon/home.js';
 import { CliError, EXIT_CODES } from './errors.js';
 
@@ -89,6 +90,33 @@ export class ApiClient {
     } catch {
       throw new CliError(`unexpected answer from ${url} (not JSON); is that a thinarray daemon?`, EXIT_CODES.failed);
     }
+  }
+
+  /**
+   * A request whose body or answer is a byte stream (`-` media). Resolves with the answer once its
+   * headers are in (the caller reads the body); an error answer becomes a CliError as usual.
+   */
+  async stream(method: string, path: string, body: { json: unknown } | { bytes: Readable; contentType: string }, signal?: AbortSignal): Promise<Response> {
+    const url = this.target.url + API_PREFIX + path;
+    const headers: Record<string, string> = {};
+    if (this.target.token !== undefined) headers['authorization'] = `Bearer ${this.target.token}`;
+    let init: RequestInit & { duplex?: 'half' };
+    if ('json' in body) {
+      headers['content-type'] = 'application/json';
+      init = { method, headers, body: JSON.stringify(body.json) };
+    } else {
+      headers['content-type'] = body.contentType;
+      // duplex 'half': the body is sent as it is read (a pipe may be endless until its writer ends).
+      init = { method, headers, body: Readable.toWeb(body.bytes) as unknown as ReadableStream, duplex: 'half' };
+    }
+    let response: Response;
+    try {
+      response = await fetch(url, signal === undefined ? init : { ...init, signal });
+    } catch (error) {
+      throw this.unreachable(error);
+    }
+    if (!response.ok) throw this.apiFailure(response.status, await response.text());
+    return response;
   }
 
   private unreachable(error: unknown): CliError {

@@ -4,3 +4,4 @@ export { openMediumReader, openMediumWriter, inspectMedium, type MediumSummary, 
 export { resolveUnderRoots } from './roots.js';
 export { openFileReader, openFileWriter } from './file-medium.js';
 export { openDirReader, openDirWriter, backupIdsInDir, cartridgeFileName, LABEL_BYTES } from './dir-medium.js';
+export { ReadableMediumReader, WritableMediumWriter } from './stream-medium.js';

@@ -2,12 +2,14 @@
  * Opening a parsed medium for writing or reading (with the media-root guard when roots are
  * given), and `inspectMedium`, what `thinarray medium inspect MEDIUM` calls without the daemon.
  */
+import type { Readable } from 'node:stream';
 import { ThinError } from '../../lib/errors.js';
 import { inspectStream, type StreamSummary } from '../format/inspect.js';
 import { openDirReader, openDirWriter } from './dir-medium.js';
 import { openFileReader, openFileWriter } from './file-medium.js';
 import { formatMedium, parseMedium, type Medium, type MediumReader, type MediumWriter } from './medium.js';
 import { resolveUnderRoots } from './roots.js';
+import { ReadableMediumReader } from './stream-medium.js';
 
 export interface OpenMediumOptions {
   /** When given, the path must lie under one of these (the daemon passes its --media-root list). */
@@ -18,6 +20,8 @@ export interface OpenMediumOptions {
   mediaSizeBytes?: number;
   /** file: replace an existing plain file. */
   overwrite?: boolean;
+  /** `-` when reading: the stream to read (the CLI's own stdin for `medium inspect -`). */
+  stdin?: Readable;
 }
 
 export async function openMediumWriter(medium: Medium, options: OpenMediumOptions = {}): Promise<MediumWriter> {
@@ -36,6 +40,9 @@ export async function openMediumWriter(medium: Medium, options: OpenMediumOption
 
 export async function openMediumReader(medium: Medium, options: OpenMediumOptions = {}): Promise<MediumReader> {
   switch (medium.kind) {
+    case 'stdio':
+      if (options.stdin === undefined) throw notHere(medium);
+      return new ReadableMediumReader(options.stdin, 'stdin');
     case 'file':
       return await openFileReader(await guarded(medium.path, options));
     case 'dir':

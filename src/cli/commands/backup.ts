@@ -3,7 +3,11 @@
  * work as jobs; the CLI only names the volume and the medium, then follows the job.
  */
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { Command } from 'commander';
+import { CliError, EXIT_CODES } from '../errors.js';
 import type { BackupEntry, JobInfo } from '../../array/types.js';
 import { CliContext, parseSizeOption, type CliIo } from '../context.js';
 import { formatBytes, formatFields, formatTable } from '../format.js';
@@ -31,7 +35,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
     .command('create')
     .description('back up VOLUME to MEDIUM as of now; returns once the point in time is taken with --no-wait, else follows the job')
     .argument('<volume>', 'the volume to back up')
-    .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root')
+    .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root; - for this command\'s stdout (through the API)')
     .option('--incremental', "only the extents changed since the volume's previous backup (full when there is none)")
     .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
     .option('--label <text>', 'a label kept in the catalog (repeatable)', collect)
@@ -47,6 +51,10 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
         ...(options.label === undefined ? {} : { labels: options.label }),
         ...(options.description === undefined ? {} : { description: options.description }),
       };
+      if (options.to === '-') {
+        await backupToStdout(context, body, options.wait);
+        return;
+      }
       const created = await context.api().post<BackupEntry>('/backups', body);
       if (!options.wait) {
         context.output(created, describeStarted);
@@ -162,4 +170,45 @@ function formatBackup(entry: BackupEntry): string {
   if (entry.finishedAt !== null) fields.push(['finished', entry.finishedAt]);
   if (entry.error !== null) fields.push(['error', entry.error]);
   return formatFields(fields);
+}
+
+/**
+ * `backup create VOLUME --to -`: the daemon streams the backup through the API and this command
+ * copies it to its stdout, for a pipe (`| ssh host 'cat > b.tbk'`). Progress and the summary go to
+ * stderr, since stdout carries the data. A stream cut short (the job failed) exits non-zero with
+ * the job's error; what reached stdout is then a truncated stream, which any reader reports.
+ */
+async function backupToStdout(context: CliContext, body: { to: string } & Record<string, unknown>, wait: boolean): Promise<void> {
+  if (!wait) throw new CliError('--no-wait cannot be used with --to -: the stream goes through this command', EXIT_CODES.usage);
+  if (process.stdout.isTTY) throw new CliError('refusing to write a binary backup stream to a terminal: redirect stdout to a file or a pipe', EXIT_CODES.usage);
+  const { to: _stdout, ...request } = body;
+  // Aborted when stdout fails: the connection closes, the daemon's writes fail and its job ends
+  // (a response left unread would hold the job on backpressure for ever).
+  const connection = new AbortController();
+  const response = await context.api().stream('POST', '/backups/stream', { json: request }, connection.signal);
+  const backupId = response.headers.get('x-thinarray-backup-id') ?? '';
+  const jobId = response.headers.get('x-thinarray-job-id') ?? '';
+  const toStderr: CliIo = { ...context.io, stdout: context.io.stderr };
+  // Progress on stderr alongside the data (with --json only the entry, at the end); the job's
+  // outcome is the command's, since a cut stream says little.
+  const followed = followJob(context.api(), jobId, { json: context.json, io: context.json ? { ...context.io, stdout: () => undefined } : toStderr });
+  const copied = pipeline(Readable.fromWeb(response.body as unknown as WebReadableStream), process.stdout).then(
+    () => undefined,
+    (error: unknown) => {
+      connection.abort();
+      return error;
+    },
+  );
+  const [copyError] = await Promise.all([copied, followed.catch(() => undefined)]);
+  const info = await context.api().get<JobInfo>(jobPath(jobId));
+  if (info.state !== 'succeeded') throw new CliError(`backup ${backupId} ${info.state}: ${info.error?.message ?? 'unknown error'}`, EXIT_CODES.failed, info.error?.code);
+  if (copyError) {
+    // The daemon finished, but the stream did not all reach stdout: an entry called complete
+    // would be a backup nobody holds, and a base for incrementals that miss its changes. Removing
+    // it makes the next incremental of the volume a full one.
+    await context.api().delete(backupPath(backupId));
+    throw new CliError(`backup ${backupId}: writing to stdout failed (${(copyError as Error).message}); the stream is incomplete, so the entry was removed from the catalog`, EXIT_CODES.failed);
+  }
+  const entry = await context.api().get<BackupEntry>(backupPath(backupId));
+  toStderr.stdout(context.json ? JSON.stringify(entry, null, 2) : formatBackup(entry));
 }

@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { inspectMedium, type MediumSummary } from '../../backup/media/index.js';
 import { CliContext, type CliIo } from '../context.js';
+import { CliError, EXIT_CODES } from '../errors.js';
 import { formatBytes, formatFields } from '../format.js';
 
 export function registerMediumCommands(program: Command, io: CliIo): void {
@@ -14,12 +15,13 @@ export function registerMediumCommands(program: Command, io: CliIo): void {
   medium
     .command('inspect')
     .description('read a whole medium (file:PATH, dir:PATH), check every frame, checksum and the digest, and describe the backup')
-    .argument('<medium>', 'file:PATH or dir:PATH (relative paths from the current directory)')
+    .argument('<medium>', 'file:PATH or dir:PATH (relative paths from the current directory), or - for stdin')
     .option('--backup-id <id>', 'dir: media holding several backups: the one to read')
     .action(async (text: string, options: { backupId?: string }, command: Command) => {
       const context = CliContext.of(command, io);
       // No media roots here: the CLI reads what its user may read; the guard protects the daemon's reach.
-      const summary = await inspectMedium(text, options.backupId === undefined ? {} : { backupId: options.backupId });
+      if (text === '-' && process.stdin.isTTY) throw new CliError('medium inspect -: stdin is a terminal; pipe a backup stream into it', EXIT_CODES.usage);
+      const summary = await inspectMedium(text, { stdin: process.stdin, ...(options.backupId === undefined ? {} : { backupId: options.backupId }) });
       context.output(summary, formatSummary);
     });
 }
