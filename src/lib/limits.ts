@@ -33,6 +33,8 @@ export const LIMITS = {
   nbdOptionBytesMax: 64 * KiB,
   /** NBD: requests a single connection may have in progress before we stop reading its socket. */
   nbdInflightRequestsMax: 128,
+  /** Each plain NBD connection's reusable read buffer (headers, small requests; WRITE payloads are read into their own). */
+  nbdReadSlabBytes: 256 * KiB,
   /** NBD: at most this many meta contexts per SET_META_CONTEXT / LIST (we only have a handful). */
   nbdMetaContextQueriesMax: 64,
 

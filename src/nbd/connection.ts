@@ -1,9 +1,11 @@
 /** One client connection: owns the socket (and its TLS upgrade), runs the handshake, then the transmission. */
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
+import { LIMITS } from '../lib/limits.js';
 import type { Logger } from '../lib/log.js';
 import { Handshake, type HandshakeConfig, type Negotiated } from './handshake.js';
 import { Transmission, type NbdMetrics } from './transmission.js';
+import { adoptWithUserBuffers, type UserBufferReader } from './user-buffer-socket.js';
 
 export interface ConnectionOptions {
   handshake: HandshakeConfig;
@@ -15,12 +17,14 @@ export interface ConnectionOptions {
 
 type Phase = 'handshake' | 'transmission' | 'closing' | 'closed';
 
-export class NbdConnection {
+export class NbdConnection implements UserBufferReader {
   // ---- Set at creation, never changed.
   readonly closed: Promise<void>;
   private readonly logger: Logger;
   private readonly handshake: Handshake;
   private resolveClosed!: () => void;
+  /** What plain-socket reads land in, except WRITE payloads, which are read straight into their own buffer. */
+  private readonly readSlab = Buffer.allocUnsafeSlow(LIMITS.nbdReadSlabBytes);
 
   // ---- Changes during the connection's life.
   /** The plain socket, then the TLS socket wrapping it after STARTTLS. */
@@ -31,19 +35,38 @@ export class NbdConnection {
   served: { exportName: string; writable: boolean } | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
 
+  /** `accepted` comes from a server with pauseOnConnect: its handle moves into this connection's own socket. */
   constructor(
-    rawSocket: Socket,
+    accepted: Socket,
     readonly id: number,
     private readonly options: ConnectionOptions,
   ) {
-    this.socket = rawSocket;
-    this.logger = options.logger.child({ nbdConnection: id, remote: `${rawSocket.remoteAddress}:${rawSocket.remotePort}` });
+    this.logger = options.logger.child({ nbdConnection: id, remote: `${accepted.remoteAddress}:${accepted.remotePort}` });
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.handshake = new Handshake(options.handshake, this.handshakeHost(), this.logger);
-    rawSocket.setNoDelay(true);
-    rawSocket.on('close', this.onClose);
-    rawSocket.on('error', this.onError);
-    this.listen(rawSocket);
+    const socket = adoptWithUserBuffers(accepted, this);
+    this.socket = socket;
+    socket.setNoDelay(true);
+    socket.on('close', this.onClose);
+    socket.on('error', this.onError);
+    this.listen(socket);
+  }
+
+  // ---- Reads of the plain socket (UserBufferReader); after STARTTLS, TLS owns the reads and emits 'data'.
+
+  nextReadBuffer(): Buffer {
+    return this.phase === 'transmission' ? this.transmission!.nextReadBuffer(this.readSlab) : this.readSlab;
+  }
+
+  onRead(bytes: number, buffer: Buffer): void {
+    try {
+      if (this.phase === 'transmission') this.transmission!.onRead(bytes, buffer, this.readSlab);
+      // The handshake keeps what it receives, and the slab is reused: give it a copy.
+      else if (this.phase === 'handshake') this.handshake.receive(Buffer.from(buffer.subarray(0, bytes)));
+    } catch (error) {
+      this.logger.error({ err: error }, 'nbd connection failed');
+      this.disconnect('internal error');
+    }
   }
 
   start(): void {

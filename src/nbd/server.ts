@@ -44,7 +44,8 @@ export class NbdServer {
     this.metaContexts = options.metaContexts ?? new MetaContextRegistry();
     this.closeGraceMs = options.closeGraceMs ?? LIMITS.nbdCloseGraceMs;
     // Half-open: a client may send DISC and shut its side; we still owe it the in-flight replies.
-    this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+    // pauseOnConnect: nothing is read before the connection takes the socket over (user-buffer-socket.ts).
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.onConnection(socket));
     this.server.on('error', (error) => options.logger.error({ err: error }, 'nbd server error'));
   }
 

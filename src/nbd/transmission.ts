@@ -2,7 +2,8 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { LIMITS } from '../lib/limits.js';
-import { releaseBuffer } from '../lib/buffer-pool.js';
+import { acquireBuffer, releaseBuffer } from '../lib/buffer-pool.js';
+import { assert } from '../lib/assert.js';
 import type { Logger } from '../lib/log.js';
 import type { BlockDevice } from '../volume/block-device.js';
 import { failureFromError } from './errno.js';
@@ -84,7 +85,9 @@ export class Transmission {
   /** The WRITE whose payload is being received or discarded. */
   private current: Request | undefined;
   private currentRejection: Rejection | undefined;
-  private payloadParts: Buffer[] = [];
+  /** The accepted WRITE's payload, a recycled buffer (src/lib/buffer-pool.ts) filled as it arrives. */
+  private payload: Buffer | undefined;
+  private payloadFilled = 0;
   private payloadRemaining = 0;
   /** Chunks received but not parsed yet (reading is stopped at a request boundary). */
   private readonly stash: Buffer[] = [];
@@ -133,10 +136,44 @@ export class Transmission {
     return this.inflight;
   }
 
-  receive(chunk: Buffer): void {
+  /**
+   * Bytes received. `reusedBuffer`: `chunk` lies in a buffer the next read will overwrite (the
+   * connection's slab), so whatever is kept beyond this call is copied; otherwise (a TLS socket's
+   * fresh chunks, the handshake's leftovers) views of it may be kept.
+   */
+  receive(chunk: Buffer, reusedBuffer = false): void {
     if (this.closed || this.stopping) return; // nothing may follow DISC; it is ignored
     this.stash.push(chunk);
     this.pump();
+    if (reusedBuffer) {
+      for (let i = 0; i < this.stash.length; i++) {
+        if (this.stash[i]!.buffer === chunk.buffer) this.stash[i] = Buffer.from(this.stash[i]!);
+      }
+    }
+  }
+
+  /**
+   * Where the next socket read should land: straight into the payload being received when
+   * nothing is stashed before it (no copy at all), else the connection's slab.
+   */
+  nextReadBuffer(slab: Buffer): Buffer {
+    if (this.parseState !== ParseState.Payload || this.payload === undefined || this.stash.length > 0 || this.closed || this.stopping) return slab;
+    return this.payload.subarray(this.payloadFilled, this.payloadFilled + this.payloadRemaining);
+  }
+
+  /** A read into the buffer nextReadBuffer gave: the slab (parse it) or the payload (count it). */
+  onRead(bytes: number, buffer: Buffer, slab: Buffer): void {
+    if (buffer.buffer === slab.buffer) {
+      this.receive(buffer.subarray(0, bytes), true);
+      return;
+    }
+    // A direct payload read. After a stop the request was dropped: its bytes are not wanted.
+    if (this.closed || this.stopping || this.parseState !== ParseState.Payload) return;
+    assert(bytes <= this.payloadRemaining, 'a direct read stays inside the payload it was given');
+    this.payloadFilled += bytes;
+    this.payloadRemaining -= bytes;
+    if (this.payloadRemaining === 0) this.onPayloadComplete();
+    this.updateFlow();
   }
 
   /** The client half-closed or the server shuts down: answer what is in flight, then finish. */
@@ -155,7 +192,8 @@ export class Transmission {
     if (request === undefined) return;
     this.current = undefined;
     this.currentRejection = undefined;
-    this.payloadParts = [];
+    // Not recycled: the socket may still hold a view of it as its next read buffer.
+    this.payload = undefined;
     this.parseState = ParseState.Header;
     this.inflight--;
     this.inflightBufferBytes -= request.bufferBytes;
@@ -165,7 +203,7 @@ export class Transmission {
   onSocketClosed(): void {
     this.closed = true;
     this.stash.length = 0;
-    this.payloadParts = [];
+    this.payload = undefined; // not recycled: see dropPartialWrite
   }
 
   uncork(): void {
@@ -216,8 +254,10 @@ export class Transmission {
         }
       } else {
         const n = Math.min(this.payloadRemaining, chunk.length - at);
-        // Views, not copies: Node hands every read a fresh buffer, so holding slices is safe.
-        if (this.parseState === ParseState.Payload) this.payloadParts.push(chunk.subarray(at, at + n));
+        if (this.parseState === ParseState.Payload) {
+          chunk.copy(this.payload!, this.payloadFilled, at, at + n);
+          this.payloadFilled += n;
+        }
         this.payloadRemaining -= n;
         at += n;
         if (this.payloadRemaining === 0) this.onPayloadComplete();
@@ -268,6 +308,10 @@ export class Transmission {
     }
     this.current = request;
     this.currentRejection = rejected;
+    if (rejected === undefined) {
+      this.payload = acquireBuffer(length);
+      this.payloadFilled = 0;
+    }
     this.payloadRemaining = length;
     this.parseState = rejected === undefined ? ParseState.Payload : ParseState.Discard;
   }
@@ -275,13 +319,13 @@ export class Transmission {
   private onPayloadComplete(): void {
     const request = this.current!;
     const rejected = this.currentRejection;
-    const parts = this.payloadParts;
+    const payload = this.payload;
     this.current = undefined;
     this.currentRejection = undefined;
-    this.payloadParts = [];
+    this.payload = undefined;
     this.parseState = ParseState.Header;
     if (rejected !== undefined) this.finishRequest(request, rejected.errno, rejected.message);
-    else void this.execute(request, parts);
+    else void this.execute(request, [payload!]);
   }
 
   private onDisc(): void {
@@ -356,6 +400,9 @@ export class Transmission {
     let message = '';
     try {
       await this.perform(request, payload);
+      // Written: the payload's buffer is recycled. Not after a failure, when a disk write of
+      // another part may still be reading it; the collector takes it then.
+      if (payload !== undefined) releaseBuffer(payload[0]!);
     } catch (error) {
       const failure = failureFromError(error);
       if (failure.unexpected) {
