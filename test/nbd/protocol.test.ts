@@ -398,6 +398,45 @@ describe('nbd protocol edge cases and malformed input', () => {
       assert.deepEqual((await client.readSimpleReply(data.length))?.data, data);
     });
 
+    it('WRITEs cut at awkward places and sent slowly (split headers, payloads in pieces, a header sharing a segment with a payload end) land intact', async () => {
+      const client = await open();
+      await client.go('disk');
+      const header = (handle: number, offset: number, length: number): Buffer => {
+        const bytes = Buffer.alloc(28);
+        bytes.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0);
+        bytes.writeUInt16BE(P.NBD_CMD_WRITE, 6);
+        bytes.writeBigUInt64BE(BigInt(handle), 8);
+        bytes.writeBigUInt64BE(BigInt(offset), 16);
+        bytes.writeUInt32BE(length, 24);
+        return bytes;
+      };
+      const big = patternBytes(MiB + 123, 7);
+      const small = patternBytes(3000, 9);
+      const tail = patternBytes(70_000, 11);
+      const stream = Buffer.concat([header(1, 0, big.length), big, header(2, 2 * MiB, small.length), small, header(3, 3 * MiB + 5, tail.length), tail]);
+      // Cuts: inside the first header, inside the big payload several times, 7 bytes before its end
+      // so that the next header follows in the same piece, inside the second header, and so on.
+      const cuts = [10, 28 + 5, 28 + 65_536, 28 + 65_537, 28 + 400_000, 28 + big.length - 7, 28 + big.length + 20, 28 + big.length + 28 + 1500, stream.length - 70_000 + 3];
+      let from = 0;
+      for (const cut of [...cuts, stream.length]) {
+        client.write(stream.subarray(from, cut));
+        from = cut;
+        await new Promise((resolve) => setTimeout(resolve, 15)); // each piece arrives in its own read
+      }
+      const handles = new Set<bigint>();
+      for (let i = 0; i < 3; i++) {
+        const reply = await client.readSimpleReply();
+        assert.equal(reply?.errno, 0);
+        handles.add(reply!.handle);
+      }
+      assert.deepEqual([...handles].sort(), [1n, 2n, 3n]);
+      for (const [offset, data] of [[0, big], [2 * MiB, small], [3 * MiB + 5, tail]] as const) {
+        client.sendRequest(P.NBD_CMD_READ, 9n, offset, data.length);
+        const read = await client.readSimpleReply(data.length);
+        assert.ok(read?.data?.equals(data), `data at ${offset} intact`);
+      }
+    });
+
     it('answers requests out of order as they finish, bounded in flight, every handle once', async () => {
       const client = await open();
       await client.go('slow');
