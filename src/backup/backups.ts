@@ -560,7 +560,9 @@ export class BackupManager {
     try {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        await volume.write(record.sourceExtent * volume.extentBytes, Buffer.from(record.data), { fua: false });
+        // No copy: the record's view stays valid until the next record is asked for, and the
+        // write is awaited before that (a copy per record was 1 GiB of garbage per GiB restored).
+        await volume.write(record.sourceExtent * volume.extentBytes, record.data, { fua: false });
         ctx.addDone(record.data.length);
       }
       await stream.verifyTrailer();
