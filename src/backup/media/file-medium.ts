@@ -136,26 +136,34 @@ export class SequentialFileWriter implements MediumWriter {
   }
 }
 
-/** One fs.ReadStream, read in order with a large read-ahead (see BACKUP_LIMITS.readChunkBytes). */
+/**
+ * Reads in order (read(2) at the current position, so FIFOs and tapes work) into a ring of
+ * RING_SLOTS reused buffers, one read ahead of the caller. A fresh buffer per read (an fs stream)
+ * made V8 collect garbage for 37% of a writeback restore: 1 MiB of external memory per read.
+ * A returned chunk therefore stays valid only until the second read() after it (the ring wraps),
+ * which the MediumReader contract says.
+ */
 export class SequentialFileReader implements MediumReader {
+  static readonly RING_SLOTS = 3;
   readonly description: string;
-  readonly #stream: fs.ReadStream;
-  readonly #chunks: AsyncIterator<Buffer>;
+  readonly #fd: number;
+  readonly #ring: Buffer[] = [];
+  #nextSlot = 0;
+  /** The read ahead, started when the previous chunk was handed out. */
+  #ahead: Promise<Buffer | null> | null = null;
   #bytesRead = 0;
+  #closed = false;
 
-  private constructor(stream: fs.ReadStream, description: string) {
-    this.#stream = stream;
+  private constructor(fd: number, description: string) {
+    this.#fd = fd;
     this.description = description;
-    this.#chunks = stream[Symbol.asyncIterator]();
   }
 
   static async open(filePath: string, description: string): Promise<SequentialFileReader> {
-    const stream = fs.createReadStream(filePath, { highWaterMark: BACKUP_LIMITS.readChunkBytes });
-    await new Promise<void>((resolve, reject) => {
-      stream.once('ready', resolve);
-      stream.once('error', (error) => reject(mediumError(error, description, 'open')));
+    const fd = await new Promise<number>((resolve, reject) => {
+      fs.open(filePath, 'r', (error, opened) => (error ? reject(mediumError(error, description, 'open')) : resolve(opened)));
     });
-    return new SequentialFileReader(stream, description);
+    return new SequentialFileReader(fd, description);
   }
 
   get bytesRead(): number {
@@ -163,22 +171,35 @@ export class SequentialFileReader implements MediumReader {
   }
 
   async read(): Promise<Buffer | null> {
-    let next: IteratorResult<Buffer>;
-    try {
-      next = await this.#chunks.next();
-    } catch (error) {
-      throw mediumError(error, this.description, 'read');
-    }
-    if (next.done) return null;
-    this.#bytesRead += next.value.length;
-    return next.value;
+    if (this.#closed) throw new ThinError('IO_ERROR', `${this.description}: read after close`);
+    const pending = this.#ahead ?? this.#readNext();
+    this.#ahead = null;
+    const chunk = await pending;
+    if (chunk === null) return null;
+    this.#bytesRead += chunk.length;
+    this.#ahead = this.#readNext();
+    this.#ahead.catch(() => undefined); // its failure is reported by the read() that takes it
+    return chunk;
   }
 
   async close(): Promise<void> {
-    if (this.#stream.closed) return;
-    await new Promise<void>((resolve) => {
-      this.#stream.once('close', () => resolve());
-      this.#stream.destroy();
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#ahead?.catch(() => undefined); // never close the descriptor under a running read
+    this.#ahead = null;
+    await new Promise<void>((resolve) => fs.close(this.#fd, () => resolve()));
+  }
+
+  /** The next chunk into the next ring slot; null at the end of the stream. */
+  #readNext(): Promise<Buffer | null> {
+    const slot = this.#nextSlot;
+    this.#nextSlot = (slot + 1) % SequentialFileReader.RING_SLOTS;
+    const buffer = (this.#ring[slot] ??= Buffer.allocUnsafeSlow(BACKUP_LIMITS.readChunkBytes));
+    return new Promise((resolve, reject) => {
+      fs.read(this.#fd, buffer, 0, buffer.length, null, (error, bytes) => {
+        if (error) reject(mediumError(error, this.description, 'read'));
+        else resolve(bytes === 0 ? null : buffer.subarray(0, bytes));
+      });
     });
   }
 }

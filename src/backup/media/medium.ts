@@ -26,7 +26,11 @@ export interface MediumReader {
   readonly description: string;
   /** Stream bytes returned so far (cartridge labels not counted). */
   readonly bytesRead: number;
-  /** The next bytes of the stream, a buffer the caller may keep; null at the end. */
+  /**
+   * The next bytes of the stream; null at the end. The buffer may be reused by the reader: it is
+   * valid until the second read() after the one that returned it (so a caller may look one chunk
+   * back, not further) — copy what must live longer.
+   */
   read(): Promise<Buffer | null>;
   close(): Promise<void>;
 }
