@@ -497,6 +497,7 @@ export class BackupManager {
       const tracked = write.finally(() => inFlight.delete(tracked));
       inFlight.add(tracked);
     };
+    const writeBehind = new PoolWriteBehind(pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
       for await (const record of stream.records()) {
@@ -505,6 +506,7 @@ export class BackupManager {
         batch ??= { buffer: spareBuffers.pop() ?? Buffer.allocUnsafeSlow(LIMITS.restoreBatchExtentsMax * extentBytes), sourceExtents: [] };
         const slot = batch.sourceExtents.length * extentBytes;
         record.data.copy(batch.buffer, slot);
+        writeBehind.note(record.data.length);
         // The volume's last extent may be partial: the rest of its slot reads as zeros, as after any partial write.
         if (record.data.length < extentBytes) batch.buffer.fill(0, slot + record.data.length, slot + extentBytes);
         batch.sourceExtents.push(record.sourceExtent);
@@ -519,7 +521,9 @@ export class BackupManager {
       await Promise.all(inFlight);
       if (failure) throw failure;
       await stream.verifyTrailer();
+      await writeBehind.settled();
     } catch (error) {
+      await writeBehind.settled();
       await Promise.all(inFlight);
       for (const { physicalExtent } of placed) pool.free(physicalExtent); // never mapped: the volume is as it was
       // An existing volume is untouched; one made for this restore goes again: as it was, nothing.
@@ -556,10 +560,12 @@ export class BackupManager {
     if (volume.sizeBytes < header.sourceCapacityBytes) {
       throw new ThinError('INVALID_ARGUMENT', `volume ${volume.name} (${volume.sizeBytes} bytes) is smaller than the backed-up volume (${header.sourceCapacityBytes} bytes); grow it first`, { field: 'to' });
     }
+    const writeBehind = new PoolWriteBehind(this.#host.pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
+        writeBehind.note(record.data.length);
         // No copy: the record's view stays valid until the next record is asked for, and the
         // write is awaited before that (a copy per record was 1 GiB of garbage per GiB restored).
         await volume.write(record.sourceExtent * volume.extentBytes, record.data, { fua: false });
@@ -576,6 +582,8 @@ export class BackupManager {
     } catch (error) {
       this.#host.setVolumeState(volume, 'incomplete'); // never looks good when it is not
       throw error;
+    } finally {
+      await writeBehind.settled();
     }
   }
 
@@ -699,4 +707,32 @@ function viewName(backupId: string): string {
 function errorMessage(error: unknown): string {
   if (isThinError(error)) return error.message;
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A background fdatasync of the pool after every LIMITS.backup.syncBehindBytes a restore has
+ * written, one at a time, so the disk writes overlap the stream and the durable commit at the end
+ * finds little left to sync (as file media do for backups). A failure here is not the restore's:
+ * the final commit syncs again and reports it.
+ */
+class PoolWriteBehind {
+  readonly #pool: Pool;
+  #bytesSinceSync = 0;
+  #running: Promise<void> | undefined;
+
+  constructor(pool: Pool) {
+    this.#pool = pool;
+  }
+
+  note(bytes: number): void {
+    this.#bytesSinceSync += bytes;
+    if (this.#running || this.#bytesSinceSync < LIMITS.backup.syncBehindBytes) return;
+    this.#bytesSinceSync = 0;
+    this.#running = this.#pool.syncBehind().catch(() => undefined).finally(() => (this.#running = undefined));
+  }
+
+  /** Resolves once no background sync runs (none is left behind a finished restore). */
+  async settled(): Promise<void> {
+    await this.#running;
+  }
 }
