@@ -74,8 +74,10 @@ export class ApiServer {
       closing: this.closing.signal,
     };
     this.server = createServer((request, response) => void this.serve(request, response));
-    // Bodies are small; a client that trickles them is not one we want to wait for.
-    this.server.requestTimeout = 30_000;
+    // No whole-request deadline: a restore from the CLI's stdin (POST /restores/stream) sends its
+    // body for as long as the backup is long. Headers still have headersTimeout (60 s), and JSON
+    // bodies are bounded in size (LIMITS.apiBodyBytesMax) and need the token first.
+    this.server.requestTimeout = 0;
   }
 
   /** Port 0 picks a free port; the answer has the real one. */

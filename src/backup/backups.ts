@@ -28,7 +28,7 @@ import type { Volume } from '../volume/volume.js';
 import type { JobContext, JobManager } from '../jobs/job-manager.js';
 import type { CopyManager } from '../copy/copies.js';
 import { BackupCatalog, type BackupEntry } from './catalog.js';
-import { BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
+import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
 import { resolveUnderRoots } from './media/roots.js';
@@ -96,11 +96,13 @@ export class BackupManager {
     // A `-` medium the job never opened (it failed first) is cut here, so the CLI is not left waiting.
     host.jobs.register({
       name: BACKUP_JOB, resumable: false,
-      run: (ctx, params) => this.#runBackup(ctx, params).finally(() => this.#dropAttached(this.#attachedWriters, (params as { backupId: string }).backupId)),
+      run: (ctx, params) => this.#runBackup(ctx, params),
+      finished: (params) => void this.#afterBackupJob((params as { backupId: string }).backupId),
     });
     host.jobs.register({
       name: RESTORE_JOB, resumable: false,
-      run: (ctx, params) => this.#runRestore(ctx, params).finally(() => this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment)),
+      run: (ctx, params) => this.#runRestore(ctx, params),
+      finished: (params) => void this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment),
     });
     host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
     host.jobs.register({ name: COPY_JOB, resumable: false, run: (ctx, params) => this.#runCopy(ctx, params) });
@@ -130,6 +132,13 @@ export class BackupManager {
     if (!Array.isArray(labels) || labels.some((label) => typeof label !== 'string' || label.length > 200)) {
       throw new ThinError('INVALID_ARGUMENT', 'labels: a list of strings of at most 200 characters', { field: 'labels' });
     }
+    // The stream header bounds them in bytes (UTF-8): say so now, not when the job writes the header.
+    if (labels.length > BACKUP_LIMITS.labelsMax || labels.some((label) => Buffer.byteLength(label) > BACKUP_LIMITS.labelBytesMax)) {
+      throw new ThinError('INVALID_ARGUMENT', `labels: at most ${BACKUP_LIMITS.labelsMax} labels of at most ${BACKUP_LIMITS.labelBytesMax} bytes (UTF-8)`, { field: 'labels' });
+    }
+    if (Buffer.byteLength(request.description ?? '') > BACKUP_LIMITS.descriptionBytesMax) {
+      throw new ThinError('INVALID_ARGUMENT', `description: at most ${BACKUP_LIMITS.descriptionBytesMax} bytes (UTF-8)`, { field: 'description' });
+    }
     if (medium.kind === 'dir' && (request.mediaSizeBytes === undefined || request.mediaSizeBytes < 64 * 1024)) {
       throw new ThinError('INVALID_ARGUMENT', 'mediaSizeBytes: dir: media need a cartridge size of at least 64K (--media-size)', { field: 'mediaSizeBytes' });
     }
@@ -154,7 +163,18 @@ export class BackupManager {
       throw error;
     }
     if (attached) this.#attachedWriters.set(id, attached);
-    const job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${medium.kind === 'stdio' ? "the CLI's stdout" : formatMedium(medium)}`);
+    let job: { id: string };
+    try {
+      job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${medium.kind === 'stdio' ? "the CLI's stdout" : formatMedium(medium)}`);
+    } catch (error) {
+      // No job (too many, or shutting down): nothing of this backup may stay behind.
+      await this.#dropAttached(this.#attachedWriters, id);
+      volume.changes?.returnHeld();
+      const view = this.#host.copies.sessionOfTarget(viewName(id));
+      if (view) await this.#host.copies.discard(view);
+      this.catalog.remove(id);
+      throw error;
+    }
     this.catalog.setJob(id, job.id);
     return this.catalog.get(id)!;
   }
@@ -174,6 +194,7 @@ export class BackupManager {
     const { backupId, mediaSizeBytes } = params as { backupId: string; mediaSizeBytes: number | null };
     const entry = this.#entry(backupId);
     let writer: BackupStreamWriter | undefined;
+    let mediumWriter: MediumWriter | undefined;
     const view = this.#host.copies.sessionOfTarget(viewName(backupId));
     if (!view) throw new ThinError('NOT_FOUND', `the point-in-time view of backup ${backupId} is gone`);
     const volume = view.source;
@@ -184,7 +205,7 @@ export class BackupManager {
       const recordIndexes = held ? [...list.keys()].filter((i) => held.has(list[i]!)) : [...list.keys()];
       const correspondence = Float64Array.from(recordIndexes, (i) => list[i]!);
       const medium = parseMedium(entry.medium);
-      const mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
+      mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
       writer = new BackupStreamWriter(mediumWriter, {
         backupId, kind: entry.kind, ...(entry.parentId ? { parentBackupId: entry.parentId } : {}), sourceName: view.row.sourceName, sourceUuid: view.row.sourceUuid, sourceCapacityBytes: view.row.sourceCapacityBytes,
         extentBytes: view.extentBytes, allocationRuns: allocationRunsFromExtents(list), correspondence,
@@ -218,7 +239,8 @@ export class BackupManager {
       this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount }, 'backup complete');
       return { backupId, streamBytes: summary.streamBytes, extents: summary.recordCount, digest: summary.digestHex };
     } catch (error) {
-      await writer?.abort().catch(() => undefined);
+      // The stream writer closes its medium; a medium opened before the writer could be made is closed here.
+      await (writer ?? mediumWriter)?.abort().catch(() => undefined);
       volume.changes?.returnHeld(); // still changes since the last complete backup
       this.catalog.fail(backupId, errorMessage(error));
       throw error;
@@ -414,8 +436,13 @@ export class BackupManager {
     const attachment = attached ? randomUUID() : null;
     if (attached && attachment) this.#attachedReaders.set(attachment, attached);
     const from = medium.kind === 'stdio' ? "the CLI's stdin" : request.source;
-    const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, ...request }, `${request.method} restore of ${from} to ${request.to}`);
-    return { jobId: job.id };
+    try {
+      const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, ...request }, `${request.method} restore of ${from} to ${request.to}`);
+      return { jobId: job.id };
+    } catch (error) {
+      await this.#dropAttached(this.#attachedReaders, attachment);
+      throw error;
+    }
   }
 
   async #runRestore(ctx: JobContext, params: unknown): Promise<unknown> {
@@ -647,6 +674,22 @@ export class BackupManager {
     if (!medium) throw new ThinError('IO_ERROR', `${what} is no longer connected (the daemon restarted, or the CLI went away)`);
     attached.delete(key);
     return medium;
+  }
+
+  /**
+   * Whatever a backup job leaves, in any state: a `-` medium it never opened is cut (so the CLI
+   * is not left waiting), and a job that never ran (cancelled while queued) has its entry failed,
+   * its held changes returned and its view dropped, as a failed run would.
+   */
+  async #afterBackupJob(backupId: string): Promise<void> {
+    await this.#dropAttached(this.#attachedWriters, backupId);
+    const entry = this.catalog.get(backupId);
+    if (entry?.state !== 'running') return;
+    this.catalog.fail(backupId, 'the job ended before it ran');
+    const view = this.#host.copies.sessionOfTarget(viewName(backupId));
+    if (!view) return;
+    view.source.changes?.returnHeld();
+    await this.#host.copies.discard(view).catch((error: unknown) => this.#logger.error({ err: error, backup: backupId }, 'cannot drop the view of a backup that never ran'));
   }
 
   async #dropAttached(attached: Map<string, MediumWriter | MediumReader>, key: string | null): Promise<void> {

@@ -68,6 +68,11 @@ export interface JobKind {
   resumable: boolean;
   /** The result (JSON) ends in JobInfo.result. Throw a ThinError to fail with its code. */
   run(ctx: JobContext, params: unknown): Promise<unknown>;
+  /**
+   * Called once when a job of this kind ends in any state — also cancelled while still queued,
+   * when run() never started — to release what was set aside for it when it was started.
+   */
+  finished?(params: unknown, info: JobInfo): void;
 }
 
 export interface JobManagerOptions {
@@ -466,6 +471,11 @@ export class JobManager {
     const info = rowInfo(row);
     const level = outcome.state === 'succeeded' ? 'info' : 'warn';
     job.logger[level]({ state: outcome.state, doneBytes: job.doneBytes, ...(info.error ? { error: info.error } : {}) }, 'job finished');
+    try {
+      job.kind.finished?.(JSON.parse(job.paramsJson) as unknown, info);
+    } catch (error) {
+      job.logger.error({ err: error }, 'job end hook failed');
+    }
     for (const waiter of [...job.waiters]) waiter.resolve(info);
     return info;
   }

@@ -141,6 +141,20 @@ describe('backups through the CLI (- medium)', { timeout: 10 * 60_000 }, () => {
     assert.ok(latest.kind === 'full' ? latest.extents === 1024 : latest.extents === 512, `after a lost incremental: ${JSON.stringify(latest)}`);
   });
 
+  test('a slow reader gets an intact stream (the daemon must not reuse a buffer the socket still holds)', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await daemon.cliJson(['volume', 'create', 'slow', '--size', '128M']);
+    await qemuIo(daemon.nbdUri('slow'), ['write -P 0x61 0 24M', 'write -P 0x62 40M 24M']);
+    const saved = path.join(work, 'slow.tbk');
+    // The reader starts 2 s late: chunks pile up between the job and the socket.
+    const slow = await shell(`${cliLine} backup create slow --to - | (sleep 2; cat) > ${saved}`);
+    assert.equal(slow.code, 0, slow.stderr);
+    const inspected = await shell(`${cliLine} --json medium inspect - < ${saved}`);
+    assert.equal(inspected.code, 0, `the stream a slow reader got is damaged: ${inspected.stderr}`);
+    const restored = await shell(`${cliLine} restore - --to slow-copy --create < ${saved}`);
+    assert.equal(restored.code, 0, restored.stderr);
+    await assertSameContent(daemon.nbdUri('slow'), daemon.nbdUri('slow-copy'));
+  });
+
   test('a - entry is not restorable by id, and the JSON API sends - to its streaming routes', { timeout: TEST_TIMEOUT_MS }, async () => {
     const entry = (await backups()).find((candidate) => candidate.medium === '-' && candidate.state === 'complete')!;
     const byId = await daemon.cli(['restore', entry.id, '--to', 'x', '--create']);

@@ -177,6 +177,7 @@ export class SequentialFileReader implements MediumReader {
     const chunk = await pending;
     if (chunk === null) return null;
     this.#bytesRead += chunk.length;
+    if (this.#closed) return chunk; // closed while this read ran: no read ahead on a closed descriptor
     this.#ahead = this.#readNext();
     this.#ahead.catch(() => undefined); // its failure is reported by the read() that takes it
     return chunk;

@@ -37,12 +37,18 @@ export class WritableMediumWriter implements MediumWriter {
     return this.#bytesWritten;
   }
 
-  /** Resolves once the chunk is handed to the OS (the socket), so the writer's in-flight bound is real backpressure. */
+  /**
+   * Writes a copy of `chunk`: a Writable may call back before the bytes are sent (a PassThrough
+   * does once it has passed the chunk on, by reference, to a socket still holding it), and the
+   * caller reuses its buffer as soon as this resolves. Resolving on the callback still gives
+   * backpressure: it comes late when the reader is slow.
+   */
   write(chunk: Buffer): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
+    const copy = Buffer.from(chunk);
     return new Promise((resolve, reject) => {
       this.#pending.add(reject);
-      this.#out.write(chunk, (error) => {
+      this.#out.write(copy, (error) => {
         this.#pending.delete(reject);
         if (error || this.#error) return reject(this.#error ?? new ThinError('IO_ERROR', `${this.description}: write failed: ${error!.message}`, { cause: error }));
         this.#bytesWritten += chunk.length;
@@ -81,24 +87,29 @@ export class ReadableMediumReader implements MediumReader {
     this.description = description;
     // Events rather than an async iterator: leaving an iterator destroys the stream, and with an
     // HTTP request body the socket too, before the error answer could be sent.
-    input.on('data', (chunk: Buffer) => {
-      this.#queued.push(chunk);
-      input.pause();
-      this.#wake();
-    });
-    input.on('end', () => {
-      this.#ended = true;
-      this.#wake();
-    });
-    input.on('error', (error: Error) => {
-      this.#error ??= new ThinError('IO_ERROR', `${description}: read failed: ${error.message}`, { cause: error });
-      this.#wake();
-    });
-    input.on('close', () => {
-      if (!this.#ended) this.#error ??= new ThinError('IO_ERROR', `${description}: the writer went away before the end of the stream`);
-      this.#wake();
-    });
+    input.on('data', this.#onData).on('end', this.#onEnd).on('error', this.#onError).on('close', this.#onClose);
   }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#queued.push(chunk);
+    this.#input.pause();
+    this.#wake();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#ended = true;
+    this.#wake();
+  };
+
+  readonly #onError = (error: Error): void => {
+    this.#error ??= new ThinError('IO_ERROR', `${this.description}: read failed: ${error.message}`, { cause: error });
+    this.#wake();
+  };
+
+  readonly #onClose = (): void => {
+    if (!this.#ended) this.#error ??= new ThinError('IO_ERROR', `${this.description}: the writer went away before the end of the stream`);
+    this.#wake();
+  };
 
   get bytesRead(): number {
     return this.#bytesRead;
@@ -119,10 +130,16 @@ export class ReadableMediumReader implements MediumReader {
     }
   }
 
-  /** Stops reading; what the writer still sends is left to the owner of the stream (the API drains or hangs up). */
+  /**
+   * Stops reading and lets go of the stream: what the writer still sends is left to its owner
+   * (the API drains it or hangs up), which needs our listeners gone — 'data' pauses the stream.
+   */
   async close(): Promise<void> {
+    this.#input.off('data', this.#onData).off('end', this.#onEnd).off('error', this.#onError).off('close', this.#onClose);
     this.#input.pause();
     this.#queued.length = 0;
+    this.#ended = true;
+    this.#wake();
   }
 
   #wake(): void {
