@@ -4,7 +4,8 @@
  * CliError whose message says where it tried.
  */
 import { existsSync } from 'node:fs';
-import { Readable } from 'node:stream';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import type { Readable } from 'node:stream';
 import { homePaths, readDaemonInfo, readToken, resolveHome } from '../daemon/home.js';
 import { CliError, EXIT_CODES } from './errors.js';
 
@@ -94,29 +95,33 @@ export class ApiClient {
 
   /**
    * A request whose body or answer is a byte stream (`-` media). Resolves with the answer once its
-   * headers are in (the caller reads the body); an error answer becomes a CliError as usual.
+   * headers are in (the caller reads `body`); an error answer becomes a CliError as usual.
+   * node:http rather than fetch: fetch gives up after 300 s without headers or body bytes, and a
+   * stream may rightly be silent that long (a job queued behind others, a long final sync).
    */
-  async stream(method: string, path: string, body: { json: unknown } | { bytes: Readable; contentType: string }, signal?: AbortSignal): Promise<Response> {
+  stream(method: string, path: string, body: { json: unknown } | { bytes: Readable; contentType: string }, signal?: AbortSignal): Promise<StreamAnswer> {
     const url = this.target.url + API_PREFIX + path;
     const headers: Record<string, string> = {};
     if (this.target.token !== undefined) headers['authorization'] = `Bearer ${this.target.token}`;
-    let init: RequestInit & { duplex?: 'half' };
-    if ('json' in body) {
-      headers['content-type'] = 'application/json';
-      init = { method, headers, body: JSON.stringify(body.json) };
-    } else {
-      headers['content-type'] = body.contentType;
-      // duplex 'half': the body is sent as it is read (a pipe may be endless until its writer ends).
-      init = { method, headers, body: Readable.toWeb(body.bytes) as unknown as ReadableStream, duplex: 'half' };
-    }
-    let response: Response;
-    try {
-      response = await fetch(url, signal === undefined ? init : { ...init, signal });
-    } catch (error) {
-      throw this.unreachable(error);
-    }
-    if (!response.ok) throw this.apiFailure(response.status, await response.text());
-    return response;
+    headers['content-type'] = 'json' in body ? 'application/json' : body.contentType;
+    return new Promise((resolve, reject) => {
+      const request = httpRequest(url, { method, headers, ...(signal === undefined ? {} : { signal }) }, (response) => {
+        const status = response.statusCode ?? 0;
+        if (status >= 200 && status < 300) {
+          resolve({ status, header: (name) => headerText(response.headers[name]), body: response });
+          return;
+        }
+        readAll(response).then((text) => reject(this.apiFailure(status, text)), reject);
+      });
+      request.on('error', (error) => reject(signal?.aborted ? error : this.unreachable(error)));
+      if ('json' in body) {
+        request.end(JSON.stringify(body.json));
+      } else {
+        // The body is sent as it is read (a pipe may go on until its writer ends). An early answer
+        // (a refusal) may close the connection under it: that is the answer's business, not an error.
+        body.bytes.pipe(request).on('error', () => undefined);
+      }
+    });
   }
 
   private unreachable(error: unknown): CliError {
@@ -142,4 +147,22 @@ export class ApiClient {
     const message = apiError?.message ?? `HTTP ${status} from ${this.target.url}`;
     return new CliError(message, EXIT_CODES.failed, apiError?.code);
   }
+}
+
+/** What ApiClient.stream answers: the status, headers by (lower-case) name, and the body to read. */
+export interface StreamAnswer {
+  status: number;
+  header(name: string): string | undefined;
+  body: IncomingMessage;
+}
+
+function headerText(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+/** A whole (small) answer body as text. */
+export async function readAll(stream: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }

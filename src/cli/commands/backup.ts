@@ -3,9 +3,7 @@
  * work as jobs; the CLI only names the volume and the medium, then follows the job.
  */
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { Command } from 'commander';
 import { CliError, EXIT_CODES } from '../errors.js';
 import type { BackupEntry, JobInfo } from '../../array/types.js';
@@ -186,13 +184,13 @@ async function backupToStdout(context: CliContext, body: { to: string } & Record
   // (a response left unread would hold the job on backpressure for ever).
   const connection = new AbortController();
   const response = await context.api().stream('POST', '/backups/stream', { json: request }, connection.signal);
-  const backupId = response.headers.get('x-thinarray-backup-id') ?? '';
-  const jobId = response.headers.get('x-thinarray-job-id') ?? '';
+  const backupId = response.header('x-thinarray-backup-id') ?? '';
+  const jobId = response.header('x-thinarray-job-id') ?? '';
   const toStderr: CliIo = { ...context.io, stdout: context.io.stderr };
   // Progress on stderr alongside the data (with --json only the entry, at the end); the job's
   // outcome is the command's, since a cut stream says little.
   const followed = followJob(context.api(), jobId, { json: context.json, io: context.json ? { ...context.io, stdout: () => undefined } : toStderr });
-  const copied = pipeline(Readable.fromWeb(response.body as unknown as WebReadableStream), process.stdout).then(
+  const copied = pipeline(response.body, process.stdout).then(
     () => undefined,
     (error: unknown) => {
       connection.abort();

@@ -2,6 +2,7 @@
 import { Option, type Command } from 'commander';
 import type { JobInfo, VolumeInfo } from '../../array/types.js';
 import { CliContext, type CliIo } from '../context.js';
+import { readAll } from '../client.js';
 import { CliError, EXIT_CODES } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { finishStartedJob } from '../progress.js';
@@ -64,5 +65,5 @@ async function restoreFromStdin(context: CliContext, body: { to: string; method:
   if (process.stdin.isTTY) throw new CliError('restore -: stdin is a terminal; pipe a backup stream into it (e.g. `cat b.tbk | thinarray restore - --to VOLUME`)', EXIT_CODES.usage);
   const query = new URLSearchParams({ to: body.to, method: body.method, create: String(body.create), force: String(body.force) });
   const response = await context.api().stream('POST', `/restores/stream?${query}`, { bytes: process.stdin, contentType: 'application/octet-stream' });
-  return (await response.json()) as JobInfo;
+  return JSON.parse(await readAll(response.body)) as JobInfo;
 }
