@@ -214,16 +214,26 @@ export class BackupManager {
       ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
       // Read through the view (the point-in-time data, wherever it lives now) in runs of adjacent
-      // records: one read per run, and the next run is read while this one is written.
+      // records: one read per run, up to backupReadsInFlightMax runs read ahead on the thread pool
+      // (an incremental's scattered extents may be on disk, not in the page cache: their reads overlap).
       const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
       const readRun = (run: number[]): Promise<Buffer> =>
-        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes);
-      let next = runs.length > 0 ? readRun(runs[0]!) : undefined;
+        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, { background: true });
+      const ahead: Array<Promise<Buffer>> = [];
+      let nextToRead = 0;
+      const fillAhead = (): void => {
+        while (ahead.length < LIMITS.backupReadsInFlightMax && nextToRead < runs.length) {
+          const read = readRun(runs[nextToRead++]!);
+          read.catch(() => undefined); // awaited in order below; a failure surfaces there
+          ahead.push(read);
+        }
+      };
+      fillAhead();
       for (let r = 0; r < runs.length; r++) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         const run = runs[r]!;
-        const data = await next!;
-        next = r + 1 < runs.length ? readRun(runs[r + 1]!) : undefined;
+        const data = await ahead.shift()!;
+        fillAhead();
         for (const [k, i] of run.entries()) {
           const sourceExtent = list[i]!;
           const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);

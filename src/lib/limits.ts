@@ -89,6 +89,8 @@ export const LIMITS = {
   copyBatchesInFlightMax: 4,
   /** Backup: adjacent extents read through the view in one read (1 MiB at 64 KiB extents). */
   backupReadExtentsMax: 16,
+  /** Reads of a backup's runs in flight at once (read ahead of the stream writer). */
+  backupReadsInFlightMax: 8,
   /** Restore (remap): records written to new extents in one batch, and batches in flight. */
   restoreBatchExtentsMax: 32,
   restoreBatchesInFlightMax: 4,

@@ -106,13 +106,18 @@ export class Volume implements BlockDevice {
 
   // ---- read ---------------------------------------------------------------------------------
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  /**
+   * `options.background`: a reader that is not a host (a backup) — its reads may well miss the
+   * page cache, and a synchronous read that goes to disk would stall every connection, so they
+   * always go to the thread pool, where several can also wait on the disk at once.
+   */
+  async read(offsetBytes: number, lengthBytes: number, options: { background?: boolean } = {}): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     // Large reads use recycled buffers; whoever sends the data may hand them back (releaseBuffer).
     const target = acquireBuffer(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
-    if (lengthBytes <= LIMITS.syncReadBytesMax) {
+    if (lengthBytes <= LIMITS.syncReadBytesMax && options.background !== true) {
       // Small reads are mostly page-cache hits: a synchronous pread beats a thread-pool hop.
       for (const run of runs) readRunSync(run);
       return target;
