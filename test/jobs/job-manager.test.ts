@@ -164,6 +164,39 @@ describe('JobManager', () => {
     store.close();
   });
 
+  test('the finished hook runs once per job in every end state, also for a job cancelled while queued (run never called)', async () => {
+    const { store, manager } = open(undefined, { runningMax: 1 });
+    const ended: Array<{ params: unknown; state: string }> = [];
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const ran: string[] = [];
+    manager.register({
+      name: 'hooked',
+      resumable: false,
+      run: async (_ctx, params) => {
+        const { tag, fail } = params as { tag: string; fail: boolean };
+        ran.push(tag);
+        await gate;
+        if (fail) throw new ThinError('IO_ERROR', 'medium gone');
+        return tag;
+      },
+      finished: (params, info) => ended.push({ params, state: info.state }),
+    });
+    const ok = manager.start('hooked', { tag: 'ok', fail: false }, 'ok');
+    const queued = manager.start('hooked', { tag: 'queued', fail: false }, 'queued');
+    const bad = manager.start('hooked', { tag: 'bad', fail: true }, 'bad');
+    await eventually(() => ran.length === 1, 'the first job to run');
+    manager.cancel(queued.id);
+    assert.deepEqual(ended, [{ params: { tag: 'queued', fail: false }, state: 'cancelled' }], 'the hook sees a job that never ran');
+    release();
+    assert.equal((await manager.wait(ok.id, 10_000)).state, 'succeeded');
+    assert.equal((await manager.wait(bad.id, 10_000)).state, 'failed');
+    assert.deepEqual(ran, ['ok', 'bad']);
+    assert.deepEqual(ended.map((end) => `${(end.params as { tag: string }).tag}:${end.state}`).sort(), ['bad:failed', 'ok:succeeded', 'queued:cancelled']);
+    await manager.close();
+    store.close();
+  });
+
   test('failures: a ThinError keeps its code; any other error is INTERNAL and logged', async () => {
     const { logger, lines } = capturingLogger();
     const { store, manager } = open(undefined, {}, logger);
