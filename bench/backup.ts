@@ -14,7 +14,7 @@ import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRandom } from '../test/helpers/random.js';
-import { machineInfo, median, parsePositive, parseSize, warmPageCache } from './common.js';
+import { cleanUpOnInterrupt, machineInfo, median, parsePositive, parseSize, warmPageCache } from './common.js';
 import { startDaemon, REPO_ROOT, type Daemon } from '../test/helpers/daemon.js';
 import { requireTools, runOk } from '../test/helpers/tools.js';
 
@@ -404,11 +404,7 @@ async function main(): Promise<void> {
     await daemon?.cleanup().catch(() => undefined);
     await rm(workDir, { recursive: true, force: true });
   };
-  const onSignal = (): void => {
-    void cleanup().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  cleanUpOnInterrupt(cleanup);
 
   const samples: Sample[] = [];
   const started = new Date();

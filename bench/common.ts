@@ -56,3 +56,12 @@ export async function warmPageCache(dir: string, bytes: number): Promise<void> {
   await runOk('dd', ['if=/dev/zero', `of=${scratch}`, `bs=${blockBytes}`, `count=${Math.ceil(bytes / blockBytes)}`, 'status=none'], { timeoutMs: 600_000 });
   await rm(scratch, { force: true });
 }
+
+/** Ctrl-C or SIGTERM: run `cleanup` (stop servers, remove the work directory), then exit 130. */
+export function cleanUpOnInterrupt(cleanup: () => Promise<void>): void {
+  const onSignal = (): void => {
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+}

@@ -13,7 +13,7 @@ import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { machineInfo, median, parsePositive, parseSize } from './common.js';
+import { cleanUpOnInterrupt, machineInfo, median, parsePositive, parseSize } from './common.js';
 import { startDaemon, REPO_ROOT, type Daemon } from '../test/helpers/daemon.js';
 import { requireTools, run, runOk } from '../test/helpers/tools.js';
 
@@ -371,11 +371,7 @@ async function main(): Promise<void> {
     for (const s of running.splice(0)) await s.stop().catch(() => undefined);
     await rm(workDir, { recursive: true, force: true });
   };
-  const onSignal = (): void => {
-    void stopAll().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  cleanUpOnInterrupt(stopAll);
 
   const samples: Sample[] = [];
   const started = new Date();

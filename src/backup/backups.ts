@@ -20,6 +20,7 @@ import path from 'node:path';
 import { ThinError, isThinError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { releaseBuffer } from '../lib/buffer-pool.js';
+import { WriteBehind } from '../lib/write-behind.js';
 import { ChangeTracker } from '../volume/change-tracker.js';
 import type { Logger } from '../lib/log.js';
 import type { MetaStore } from '../meta/store.js';
@@ -168,10 +169,7 @@ export class BackupManager {
       job = this.#host.jobs.start(BACKUP_JOB, { backupId: id, mediaSizeBytes: request.mediaSizeBytes ?? null }, `backup of ${volume.name} to ${medium.kind === 'stdio' ? "the CLI's stdout" : formatMedium(medium)}`);
     } catch (error) {
       // No job (too many, or shutting down): nothing of this backup may stay behind.
-      await this.#dropAttached(this.#attachedWriters, id);
-      volume.changes?.returnHeld();
-      const view = this.#host.copies.sessionOfTarget(viewName(id));
-      if (view) await this.#host.copies.discard(view);
+      await this.#releaseUnrun(id);
       this.catalog.remove(id);
       throw error;
     }
@@ -444,7 +442,7 @@ export class BackupManager {
     }
     requireExisting(medium);
     const attachment = attached ? randomUUID() : null;
-    if (attached && attachment) this.#attachedReaders.set(attachment, attached);
+    if (attachment !== null) this.#attachedReaders.set(attachment, attached!);
     const from = medium.kind === 'stdio' ? "the CLI's stdin" : request.source;
     try {
       const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, ...request }, `${request.method} restore of ${from} to ${request.to}`);
@@ -534,7 +532,7 @@ export class BackupManager {
       const tracked = write.finally(() => inFlight.delete(tracked));
       inFlight.add(tracked);
     };
-    const writeBehind = new PoolWriteBehind(pool);
+    const writeBehind = poolWriteBehind(pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
       for await (const record of stream.records()) {
@@ -558,15 +556,15 @@ export class BackupManager {
       await Promise.all(inFlight);
       if (failure) throw failure;
       await stream.verifyTrailer();
-      await writeBehind.settled();
     } catch (error) {
-      await writeBehind.settled();
       await Promise.all(inFlight);
       for (const { physicalExtent } of placed) pool.free(physicalExtent); // never mapped: the volume is as it was
       // An existing volume is untouched; one made for this restore goes again: as it was, nothing.
       this.#host.setVolumeState(volume, 'ready');
       if (created) await this.#host.deleteVolume(volume.name);
       throw error;
+    } finally {
+      await writeBehind.settled();
     }
     // The remap itself: capacity back to the original's, every old extent out, the table in.
     this.#host.setVolumeCapacity(volume, Math.max(volume.sizeBytes, header.sourceCapacityBytes));
@@ -597,7 +595,7 @@ export class BackupManager {
     if (volume.sizeBytes < header.sourceCapacityBytes) {
       throw new ThinError('INVALID_ARGUMENT', `volume ${volume.name} (${volume.sizeBytes} bytes) is smaller than the backed-up volume (${header.sourceCapacityBytes} bytes); grow it first`, { field: 'to' });
     }
-    const writeBehind = new PoolWriteBehind(this.#host.pool);
+    const writeBehind = poolWriteBehind(this.#host.pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
       for await (const record of stream.records()) {
@@ -692,14 +690,20 @@ export class BackupManager {
    * its held changes returned and its view dropped, as a failed run would.
    */
   async #afterBackupJob(backupId: string): Promise<void> {
+    if (this.catalog.get(backupId)?.state === 'running') {
+      this.catalog.fail(backupId, 'the job ended before it ran');
+      await this.#releaseUnrun(backupId).catch((error: unknown) => this.#logger.error({ err: error, backup: backupId }, 'cannot release a backup that never ran'));
+    }
     await this.#dropAttached(this.#attachedWriters, backupId);
-    const entry = this.catalog.get(backupId);
-    if (entry?.state !== 'running') return;
-    this.catalog.fail(backupId, 'the job ended before it ran');
+  }
+
+  /** What create() set aside for a backup whose job will never run: the `-` medium, the held changes, the view. */
+  async #releaseUnrun(backupId: string): Promise<void> {
+    await this.#dropAttached(this.#attachedWriters, backupId);
     const view = this.#host.copies.sessionOfTarget(viewName(backupId));
     if (!view) return;
     view.source.changes?.returnHeld();
-    await this.#host.copies.discard(view).catch((error: unknown) => this.#logger.error({ err: error, backup: backupId }, 'cannot drop the view of a backup that never ran'));
+    await this.#host.copies.discard(view);
   }
 
   async #dropAttached(attached: Map<string, MediumWriter | MediumReader>, key: string | null): Promise<void> {
@@ -763,29 +767,10 @@ function errorMessage(error: unknown): string {
 }
 
 /**
- * A background fdatasync of the pool after every LIMITS.backup.syncBehindBytes a restore has
- * written, one at a time, so the disk writes overlap the stream and the durable commit at the end
- * finds little left to sync (as file media do for backups). A failure here is not the restore's:
- * the final commit syncs again and reports it.
+ * A restore's write-behind: a background fdatasync of the pool every syncBehindBytes restored, so
+ * the durable commit at the end finds little left. A failure here is not the restore's: that
+ * commit syncs again and reports it.
  */
-class PoolWriteBehind {
-  readonly #pool: Pool;
-  #bytesSinceSync = 0;
-  #running: Promise<void> | undefined;
-
-  constructor(pool: Pool) {
-    this.#pool = pool;
-  }
-
-  note(bytes: number): void {
-    this.#bytesSinceSync += bytes;
-    if (this.#running || this.#bytesSinceSync < LIMITS.backup.syncBehindBytes) return;
-    this.#bytesSinceSync = 0;
-    this.#running = this.#pool.syncBehind().catch(() => undefined).finally(() => (this.#running = undefined));
-  }
-
-  /** Resolves once no background sync runs (none is left behind a finished restore). */
-  async settled(): Promise<void> {
-    await this.#running;
-  }
+function poolWriteBehind(pool: Pool): WriteBehind {
+  return new WriteBehind(() => pool.syncBehind(), LIMITS.backup.syncBehindBytes);
 }

@@ -74,9 +74,7 @@ export class ApiClient {
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const url = this.target.url + API_PREFIX + path;
-    const headers: Record<string, string> = {};
-    if (this.target.token !== undefined) headers['authorization'] = `Bearer ${this.target.token}`;
-    if (body !== undefined) headers['content-type'] = 'application/json';
+    const headers = this.#headers(body === undefined ? undefined : 'application/json');
     let response: Response;
     try {
       response = await fetch(url, { method, headers, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
@@ -101,14 +99,12 @@ export class ApiClient {
    */
   stream(method: string, path: string, body: { json: unknown } | { bytes: Readable; contentType: string }, signal?: AbortSignal): Promise<StreamAnswer> {
     const url = this.target.url + API_PREFIX + path;
-    const headers: Record<string, string> = {};
-    if (this.target.token !== undefined) headers['authorization'] = `Bearer ${this.target.token}`;
-    headers['content-type'] = 'json' in body ? 'application/json' : body.contentType;
+    const headers = this.#headers('json' in body ? 'application/json' : body.contentType);
     return new Promise((resolve, reject) => {
       const request = httpRequest(url, { method, headers, ...(signal === undefined ? {} : { signal }) }, (response) => {
         const status = response.statusCode ?? 0;
         if (status >= 200 && status < 300) {
-          resolve({ status, header: (name) => headerText(response.headers[name]), body: response });
+          resolve({ header: (name) => headerText(response.headers[name]), body: response });
           return;
         }
         readAll(response).then((text) => reject(this.apiFailure(status, text)), reject);
@@ -122,6 +118,14 @@ export class ApiClient {
         body.bytes.pipe(request).on('error', () => undefined);
       }
     });
+  }
+
+  /** The bearer token, when there is one, and the body's content type. */
+  #headers(contentType: string | undefined): Record<string, string> {
+    const headers: Record<string, string> = {};
+    if (this.target.token !== undefined) headers['authorization'] = `Bearer ${this.target.token}`;
+    if (contentType !== undefined) headers['content-type'] = contentType;
+    return headers;
   }
 
   private unreachable(error: unknown): CliError {
@@ -149,9 +153,8 @@ export class ApiClient {
   }
 }
 
-/** What ApiClient.stream answers: the status, headers by (lower-case) name, and the body to read. */
+/** What ApiClient.stream answers (a 2xx): headers by (lower-case) name, and the body to read. */
 export interface StreamAnswer {
-  status: number;
   header(name: string): string | undefined;
   body: IncomingMessage;
 }

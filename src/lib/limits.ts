@@ -157,7 +157,7 @@ export const LIMITS = {
     writeChunksInFlightMax: 4,
     /** File media start a background fdatasync each time this much more has been written (see SequentialFileWriter). */
     syncBehindBytes: 64 * MiB,
-    /** Read-ahead of the file media (fs stream highWaterMark), at least writeChunkBytes (see above). */
+    /** File media are read in chunks of this size, into a ring of reused buffers (SequentialFileReader); at least writeChunkBytes (see above). */
     readChunkBytes: 1 * MiB,
     /** Smallest cartridge: the 128-byte label plus room for data; tests use small ones to make many. */
     cartridgeBytesMin: 4 * KiB,

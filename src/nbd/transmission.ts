@@ -325,7 +325,7 @@ export class Transmission {
     this.payload = undefined;
     this.parseState = ParseState.Header;
     if (rejected !== undefined) this.finishRequest(request, rejected.errno, rejected.message);
-    else void this.execute(request, [payload!]);
+    else void this.execute(request, payload);
   }
 
   private onDisc(): void {
@@ -390,7 +390,7 @@ export class Transmission {
     return undefined;
   }
 
-  private async execute(request: Request, payload: readonly Buffer[] | undefined): Promise<void> {
+  private async execute(request: Request, payload: Buffer | undefined): Promise<void> {
     const rejected = this.check(request);
     if (rejected !== undefined) {
       this.finishRequest(request, rejected.errno, rejected.message);
@@ -402,7 +402,7 @@ export class Transmission {
       await this.perform(request, payload);
       // Written: the payload's buffer is recycled. Not after a failure, when a disk write of
       // another part may still be reading it; the collector takes it then.
-      if (payload !== undefined) releaseBuffer(payload[0]!);
+      if (payload !== undefined) releaseBuffer(payload);
     } catch (error) {
       const failure = failureFromError(error);
       if (failure.unexpected) {
@@ -415,7 +415,7 @@ export class Transmission {
   }
 
   /** Runs a checked request; sends the success reply for commands whose reply carries data. */
-  private async perform(request: Request, payload: readonly Buffer[] | undefined): Promise<void> {
+  private async perform(request: Request, payload: Buffer | undefined): Promise<void> {
     const device = this.device;
     const { offsetBytes, lengthBytes, flags } = request;
     const fua = (flags & P.NBD_CMD_FLAG_FUA) !== 0;
@@ -426,7 +426,7 @@ export class Transmission {
         return this.replyRead(request, data);
       }
       case P.NBD_CMD_WRITE:
-        return device.write(offsetBytes, payload!, { fua });
+        return device.write(offsetBytes, [payload!], { fua });
       case P.NBD_CMD_FLUSH:
         return device.flush();
       case P.NBD_CMD_TRIM:
