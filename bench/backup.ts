@@ -31,6 +31,8 @@ interface Config {
   json: boolean;
   outPath: string | undefined;
   noSave: boolean;
+  /** Steps left out (--skip): the others' tools are slow, and a tuning run may not need them. */
+  skip: Set<string>;
 }
 
 const USAGE = `usage: node dist/bench/backup.js [options]
@@ -44,6 +46,7 @@ const USAGE = `usage: node dist/bench/backup.js [options]
   --json              print the result as JSON instead of a table
   --out FILE          result file (default bench/results/backup-<date>.json)
   --no-save           do not write a result file
+  --skip STEPS        comma-separated steps to leave out: nbdcopy, qemu-img (ratios to them are then missing)
   --quick             --volume-size 1G --data 128M --reps 1 (smoke run)`;
 
 
@@ -61,6 +64,7 @@ function parseArgs(argv: string[]): Config {
     json: false,
     outPath: undefined,
     noSave: false,
+    skip: new Set(),
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -80,6 +84,12 @@ function parseArgs(argv: string[]): Config {
       case '--json': config.json = true; break;
       case '--out': config.outPath = value(); break;
       case '--no-save': config.noSave = true; break;
+      case '--skip':
+        for (const step of value().split(',')) {
+          if (step !== 'nbdcopy' && step !== 'qemu-img') throw new Error(`--skip: '${step}' is not one of nbdcopy, qemu-img`);
+          config.skip.add(step);
+        }
+        break;
       case '--quick':
         config.volumeBytes = 1 << 30; config.dataBytes = 128 << 20; config.reps = 1;
         break;
@@ -442,7 +452,7 @@ async function main(): Promise<void> {
 
     // Each step makes at most about the used data in new page-cache pages (medium, copy, restored extents); twice that, for margin.
     const stepTimed = (fn: () => Promise<unknown>): Promise<number> => timed(fn, () => warmPageCache(workDir, 2 * config.dataBytes), api);
-    const total = config.reps * STEPS.length;
+    const total = config.reps * (STEPS.length - config.skip.size);
     let done = 0;
     const record = (sample: Sample): void => {
       samples.push(sample);
@@ -460,16 +470,20 @@ async function main(): Promise<void> {
       record({ rep, step: 'backup', seconds: backupS, ...(await fileSizes(fullPath)) });
 
       // 2. nbdcopy to a sparse file.
-      const sparseOut = join(workDir, 'sparse.raw');
-      const nbdcopyS = await stepTimed(() => runOk('nbdcopy', [uri, sparseOut], { timeoutMs: stepTimeoutMs }));
-      record({ rep, step: 'nbdcopy', seconds: nbdcopyS, ...(await fileSizes(sparseOut)) });
-      await rm(sparseOut);
+      if (!config.skip.has('nbdcopy')) {
+        const sparseOut = join(workDir, 'sparse.raw');
+        const nbdcopyS = await stepTimed(() => runOk('nbdcopy', [uri, sparseOut], { timeoutMs: stepTimeoutMs }));
+        record({ rep, step: 'nbdcopy', seconds: nbdcopyS, ...(await fileSizes(sparseOut)) });
+        await rm(sparseOut);
+      }
 
       // 3. qemu-img convert to qcow2.
-      const qcow2 = join(workDir, 'out.qcow2');
-      const qemuS = await stepTimed(() => runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, qcow2], { timeoutMs: stepTimeoutMs }));
-      record({ rep, step: 'qemu-img', seconds: qemuS, ...(await fileSizes(qcow2)) });
-      await rm(qcow2);
+      if (!config.skip.has('qemu-img')) {
+        const qcow2 = join(workDir, 'out.qcow2');
+        const qemuS = await stepTimed(() => runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, qcow2], { timeoutMs: stepTimeoutMs }));
+        record({ rep, step: 'qemu-img', seconds: qemuS, ...(await fileSizes(qcow2)) });
+        await rm(qcow2);
+      }
 
       // 4. The limit: cp of the used data, page cache warm; then the same with the target synced.
       const limitOut = join(mediaDir, 'limit.raw');

@@ -33,6 +33,7 @@ import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFr
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
 import { resolveUnderRoots } from './media/roots.js';
+import { RunReader } from './run-reader.js';
 
 export interface BackupHost {
   readonly store: MetaStore;
@@ -193,6 +194,7 @@ export class BackupManager {
     const entry = this.#entry(backupId);
     let writer: BackupStreamWriter | undefined;
     let mediumWriter: MediumWriter | undefined;
+    let reader: RunReader<number[]> | undefined;
     const view = this.#host.copies.sessionOfTarget(viewName(backupId));
     if (!view) throw new ThinError('NOT_FOUND', `the point-in-time view of backup ${backupId} is gone`);
     const volume = view.source;
@@ -212,26 +214,17 @@ export class BackupManager {
       ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
       // Read through the view (the point-in-time data, wherever it lives now) in runs of adjacent
-      // records: one read per run, up to backupReadsInFlightMax runs read ahead on the thread pool
-      // (an incremental's scattered extents may be on disk, not in the page cache: their reads overlap).
+      // records, one read per run: synchronous while they hit the page cache, on the thread pool
+      // and read ahead once one misses (src/backup/run-reader.ts).
       const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
-      const readRun = (run: number[]): Promise<Buffer> =>
-        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, { background: true });
-      const ahead: Array<Promise<Buffer>> = [];
-      let nextToRead = 0;
-      const fillAhead = (): void => {
-        while (ahead.length < LIMITS.backupReadsInFlightMax && nextToRead < runs.length) {
-          const read = readRun(runs[nextToRead++]!);
-          read.catch(() => undefined); // awaited in order below; a failure surfaces there
-          ahead.push(read);
-        }
-      };
-      fillAhead();
-      for (let r = 0; r < runs.length; r++) {
+      reader = new RunReader(runs, (run) => run.length * view.extentBytes, (run, io) =>
+        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, { io }), {
+        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs,
+        threadPoolRunsAfterMiss: LIMITS.backupThreadPoolRunsAfterMiss, syncRunBytesMax: LIMITS.syncReadBytesMax,
+      });
+      for (const run of runs) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        const run = runs[r]!;
-        const data = await ahead.shift()!;
-        fillAhead();
+        const data = await reader.next()!;
         for (const [k, i] of run.entries()) {
           const sourceExtent = list[i]!;
           const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
@@ -244,11 +237,12 @@ export class BackupManager {
       this.catalog.complete(backupId, { streamBytes: summary.streamBytes, dataBytes: summary.dataBytes, extents: summary.recordCount, digest: summary.digestHex, pointInTime: view.row.pointInTime });
       volume.changes?.releaseHeld();
       this.#host.setTrackingBase(volume, backupId);
-      this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount }, 'backup complete');
+      this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount, syncReads: reader.syncReads, threadPoolReads: reader.threadPoolReads }, 'backup complete');
       return { backupId, streamBytes: summary.streamBytes, extents: summary.recordCount, digest: summary.digestHex };
     } catch (error) {
       // The stream writer closes its medium; a medium opened before the writer could be made is closed here.
       await (writer ?? mediumWriter)?.abort().catch(() => undefined);
+      await reader?.settle(); // no read still running when the view is dropped
       volume.changes?.returnHeld(); // still changes since the last complete backup
       this.catalog.fail(backupId, errorMessage(error));
       throw error;

@@ -89,8 +89,15 @@ export const LIMITS = {
   copyBatchesInFlightMax: 4,
   /** Backup: adjacent extents read through the view in one read (1 MiB at 64 KiB extents). */
   backupReadExtentsMax: 16,
-  /** Reads of a backup's runs in flight at once (read ahead of the stream writer). */
+  /** Reads of a backup's runs in flight at once on the thread pool (read ahead of the stream writer). */
   backupReadsInFlightMax: 8,
+  /**
+   * A backup's synchronous read of a run (≤ 1 MiB) that takes longer than this went to the disk
+   * (page-cache copies of 1 MiB take 0.1–0.4 ms here); the next backupThreadPoolRunsAfterMiss
+   * runs are then read on the thread pool (src/backup/run-reader.ts).
+   */
+  backupSyncReadBudgetMs: 2,
+  backupThreadPoolRunsAfterMiss: 64,
   /** Restore (remap): records written to new extents in one batch, and batches in flight. */
   restoreBatchExtentsMax: 32,
   restoreBatchesInFlightMax: 4,

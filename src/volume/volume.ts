@@ -107,17 +107,19 @@ export class Volume implements BlockDevice {
   // ---- read ---------------------------------------------------------------------------------
 
   /**
-   * `options.background`: a reader that is not a host (a backup) — its reads may well miss the
-   * page cache, and a synchronous read that goes to disk would stall every connection, so they
-   * always go to the thread pool, where several can also wait on the disk at once.
+   * `options.io` overrides how the disk is read: 'sync' (a pread on this thread: a page-cache hit
+   * costs microseconds, a miss stalls every connection until the disk answers) or 'thread-pool'
+   * (a hop of tens of microseconds, but a miss waits off the event loop, several at once). By
+   * default, reads up to syncReadBytesMax are synchronous. A backup chooses per read (RunReader).
    */
-  async read(offsetBytes: number, lengthBytes: number, options: { background?: boolean } = {}): Promise<Buffer> {
+  async read(offsetBytes: number, lengthBytes: number, options: { io?: 'sync' | 'thread-pool' } = {}): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     // Large reads use recycled buffers; whoever sends the data may hand them back (releaseBuffer).
     const target = acquireBuffer(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
-    if (lengthBytes <= LIMITS.syncReadBytesMax && options.background !== true) {
+    const io = options.io ?? (lengthBytes <= LIMITS.syncReadBytesMax ? 'sync' : 'thread-pool');
+    if (io === 'sync') {
       // Small reads are mostly page-cache hits: a synchronous pread beats a thread-pool hop.
       for (const run of runs) readRunSync(run);
       return target;
