@@ -40,7 +40,7 @@ const USAGE = `usage: node dist/bench/backup.js [options]
   --data SIZE         random data scattered over it (default 1G; env BENCH_DATA)
   --chunk SIZE        size of each scattered piece, at aligned random offsets (default 64K = one extent)
   --change PERCENT    share of the used data changed before the incremental (default 2)
-  --reps N            interleaved repetitions, median reported (default 3; env BENCH_REPS)
+  --reps N            interleaved repetitions, median reported (default 5; env BENCH_REPS)
   --seed N            seed of the offsets (default 1)
   --step-timeout SEC  bound of every step (default 600)
   --json              print the result as JSON instead of a table
@@ -58,7 +58,7 @@ function parseArgs(argv: string[]): Config {
     dataBytes: parseSize(env.BENCH_DATA ?? '1G'),
     chunkBytes: 64 << 10,
     changePercent: 2,
-    reps: Math.floor(parsePositive('BENCH_REPS', env.BENCH_REPS ?? '3')),
+    reps: Math.floor(parsePositive('BENCH_REPS', env.BENCH_REPS ?? '5')),
     seed: 1,
     stepTimeoutS: 600,
     json: false,
@@ -339,25 +339,41 @@ function summarize(samples: Sample[]): StepSummary[] {
   });
 }
 
-function floors(rows: StepSummary[], usedBytes: number, changedFraction: number): { ratios: Record<string, number>; floors: Floor[] } {
+/**
+ * Time ratios are paired: the median over repetitions of step A's time in a repetition divided by
+ * step B's in the same repetition. Steps of one repetition run within seconds of each other, so
+ * a slow period of this VM (repetitions of one step differ by up to 2× here) divides out.
+ */
+function pairedRatio(samples: Sample[], a: StepName, b: StepName, scaleB = 1): number {
+  const ratios: number[] = [];
+  for (const sample of samples.filter((s) => s.step === a)) {
+    const other = samples.find((s) => s.step === b && s.rep === sample.rep);
+    if (other) ratios.push(sample.seconds / (scaleB * other.seconds));
+  }
+  return median(ratios);
+}
+
+function floors(rows: StepSummary[], samples: Sample[], usedBytes: number, changedFraction: number): { ratios: Record<string, number>; floors: Floor[] } {
   const row = (step: StepName): StepSummary => rows.find((r) => r.step === step)!;
-  const limit = row('limit').seconds;
   const full = row('backup');
   const inc = row('incremental');
+  const time = (a: StepName, b: StepName, scaleB = 1): number => pairedRatio(samples, a, b, scaleB);
   const ratios: Record<string, number> = {
-    'backup/limit': full.seconds / limit,
-    'backup/nbdcopy': full.seconds / row('nbdcopy').seconds,
-    'backup/qemu-img': full.seconds / row('qemu-img').seconds,
-    'nbdcopy/limit': row('nbdcopy').seconds / limit,
-    'qemu-img/limit': row('qemu-img').seconds / limit,
-    'backup/(cp+sync)': full.seconds / row('limit+sync').seconds,
+    'backup/limit': time('backup', 'limit'),
+    'backup/nbdcopy': time('backup', 'nbdcopy'),
+    'backup/qemu-img': time('backup', 'qemu-img'),
+    'nbdcopy/limit': time('nbdcopy', 'limit'),
+    'qemu-img/limit': time('qemu-img', 'limit'),
     'medium/used': (full.apparentBytes ?? Number.NaN) / usedBytes,
     'nbdcopy allocated/used': (row('nbdcopy').allocatedBytes ?? Number.NaN) / usedBytes,
     'qcow2/used': (row('qemu-img').apparentBytes ?? Number.NaN) / usedBytes,
-    'restore remap/limit': row('restore-remap').seconds / limit,
-    'restore writeback/limit': row('restore-writeback').seconds / limit,
-    'incremental time/(changed × full)': inc.seconds / (changedFraction * full.seconds),
+    'restore remap/limit': time('restore-remap', 'limit'),
+    'restore writeback/limit': time('restore-writeback', 'limit'),
+    'incremental time/(changed × full)': time('incremental', 'backup', changedFraction),
     'incremental size/(changed × full)': (inc.apparentBytes ?? Number.NaN) / (changedFraction * (full.apparentBytes ?? Number.NaN)),
+    'backup/(cp+sync)': time('backup', 'limit+sync'),
+    'restore remap/(cp+sync)': time('restore-remap', 'limit+sync'),
+    'restore writeback/(cp+sync)': time('restore-writeback', 'limit+sync'),
   };
   const floor = (name: string, value: number, max: number): Floor => ({ name, value, limit: max, pass: Number.isFinite(value) && value <= max });
   return {
@@ -371,6 +387,12 @@ function floors(rows: StepSummary[], usedBytes: number, changedFraction: number)
       floor('incremental size / (changed fraction × full)', ratios['incremental size/(changed × full)']!, 3),
     ],
   };
+}
+
+/** What the work directory is on: the limit means something else on tmpfs (no disk) than on ext4. */
+async function filesystemOf(dir: string): Promise<string> {
+  const result = await runOk('df', ['--output=fstype', dir], { timeoutMs: 10_000 }).catch(() => undefined);
+  return result?.stdout.trim().split('\n').pop()?.trim() || 'unknown';
 }
 
 function formatTable(rows: StepSummary[], ratios: Record<string, number>, floorList: Floor[]): string {
@@ -404,6 +426,7 @@ async function main(): Promise<void> {
   const stepTimeoutMs = config.stepTimeoutS * 1000;
 
   const workDir = await mkdtemp(join(tmpdir(), 'thinarray-bench-backup-'));
+  const filesystem = await filesystemOf(workDir);
   const mediaDir = join(workDir, 'media');
   await mkdir(mediaDir);
   let daemon: Daemon | undefined;
@@ -534,12 +557,13 @@ async function main(): Promise<void> {
 
   const rows = summarize(samples);
   const changedFraction = changedBytes / usedBytes;
-  const { ratios, floors: floorList } = floors(rows, usedBytes, changedFraction);
+  const { ratios, floors: floorList } = floors(rows, samples, usedBytes, changedFraction);
   const result = {
     benchmark: 'backup',
     startedAt: started.toISOString(),
     finishedAt: new Date().toISOString(),
     machine: await machineInfo({ nbdcopy: ['nbdcopy', ['--version']], qemuImg: ['qemu-img', ['--version']], cp: ['cp', ['--version']] }),
+    filesystem,
     config: {
       volumeBytes: config.volumeBytes,
       dataBytes: config.dataBytes,
@@ -567,7 +591,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(result, null, 2));
   } else {
     console.log(`backup: ${config.volumeBytes / MiB} MiB volume, ${usedBytes / MiB} MiB used in ${config.dataBytes / config.chunkBytes} pieces of ${config.chunkBytes >> 10} KiB, `
-      + `${(changedFraction * 100).toFixed(2)}% changed for the incremental, median of ${config.reps}, ${result.machine.cpus} CPUs`);
+      + `${(changedFraction * 100).toFixed(2)}% changed for the incremental, median of ${config.reps}, ${result.machine.cpus} CPUs, on ${filesystem} (${workDir})`);
     console.log(formatTable(rows, ratios, floorList));
   }
   if (floorList.some((f) => !f.pass)) process.exitCode = 2;

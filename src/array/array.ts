@@ -34,6 +34,8 @@ export interface OpenOptions {
   poolFileBytes?: number;
   /** Extent size of a new pool; ignored (and checked) for an existing one. */
   extentBytes?: number;
+  /** Jobs run at once (default LIMITS.jobsRunningMax); tests lower it to make a job wait queued. */
+  jobsRunningMax?: number;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -75,12 +77,12 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
   readonly #commitTimer: NodeJS.Timeout;
   #closed = false;
 
-  private constructor(home: string, store: MetaStore, pool: Pool, logger: Logger) {
+  private constructor(home: string, store: MetaStore, pool: Pool, logger: Logger, jobsRunningMax: number | undefined) {
     this.home = home;
     this.store = store;
     this.pool = pool;
     this.#logger = logger;
-    this.jobs = new JobManager(store, logger.child({ component: 'jobs' }));
+    this.jobs = new JobManager(store, logger.child({ component: 'jobs' }), jobsRunningMax === undefined ? {} : { runningMax: jobsRunningMax });
     this.committer = new Committer(store, pool, logger, () => this.#volumes.values());
     this.#context = {
       pool,
@@ -98,7 +100,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     try {
       const { poolUuid, extentBytes } = initPoolSettings(store, options.extentBytes);
       const pool = Pool.open(store, options.logger, extentBytes, poolUuid);
-      const array = new StorageArray(options.home, store, pool, options.logger);
+      const array = new StorageArray(options.home, store, pool, options.logger, options.jobsRunningMax);
       if (pool.extentsTotal === 0 && store.listDisks().length === 0) {
         pool.addDisk(path.join(options.home, 'pool', 'disk0.img'), options.poolFileBytes ?? LIMITS.defaultPoolFileBytes);
       }

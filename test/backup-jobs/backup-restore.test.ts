@@ -7,7 +7,7 @@
  */
 import { test, describe, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -118,6 +118,45 @@ describe('backup and restore', () => {
     assert.equal((await job(second.jobId!)).state, 'succeeded');
     assert.equal(array.backups.show(second.id).extents, 1);
     assert.equal(array.backups.show(second.id).parentId, incremental.id);
+  });
+
+  test('a backup cancelled while queued leaves nothing behind: entry failed, view dropped, its changes go to the next incremental', async () => {
+    // One job at a time, so the second backup waits queued behind one blocked on a FIFO with no reader.
+    await array.close();
+    array = await openStorageArray({ home, logger: silentLogger(), poolFileBytes: 512 * MiB, mediaRoots: [media], jobsRunningMax: 1 });
+    array.startJobs();
+    await makeSource();
+    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
+    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    await array.volume('vm').write(MiB, pattern(2 * EXTENT, 30), { fua: false }); // two changed extents
+
+    await array.volumeCreate({ name: 'other', sizeBytes: SIZE });
+    await array.volume('other').write(0, pattern(EXTENT, 31), { fua: false });
+    const fifo = path.join(media, 'blocked');
+    execFileSync('mkfifo', [fifo]);
+    const blocker = await array.backups.create({ volume: 'other', to: `file:${fifo}` });
+    const queued = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'never.tbk')}`, incremental: true });
+    assert.equal(array.jobs.get(queued.jobId!).state, 'queued');
+    assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 2, 'both backups hold a point-in-time view');
+
+    array.jobs.cancel(queued.jobId!);
+    assert.equal((await job(queued.jobId!)).state, 'cancelled');
+    const failed = array.backups.show(queued.id);
+    assert.equal(failed.state, 'failed');
+    assert.match(failed.error ?? '', /ended before it ran/);
+    assert.equal(fs.existsSync(path.join(media, 'never.tbk')), false, 'no medium was written');
+    assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 1, "the cancelled backup's view is gone");
+
+    // Let the blocked backup through (a reader on the FIFO), then the next incremental of vm still
+    // builds on the full backup and holds the two extents the cancelled one had set aside.
+    const reader = spawn('cat', [fifo], { stdio: ['ignore', 'ignore', 'inherit'] });
+    assert.equal((await job(blocker.jobId!)).state, 'succeeded');
+    await new Promise((resolve) => reader.once('close', resolve));
+    const next = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'next.tbk')}`, incremental: true });
+    assert.equal((await job(next.jobId!)).state, 'succeeded');
+    assert.equal(array.backups.show(next.id).parentId, full.id);
+    assert.equal(array.backups.show(next.id).extents, 2);
+    assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 0);
   });
 
   test('candidates name the media roots with room; a backup copy keeps its management information', async () => {
