@@ -761,10 +761,10 @@ function errorMessage(error: unknown): string {
 }
 
 /**
- * A restore's write-behind: a background fdatasync of the pool every syncBehindBytes restored, so
+ * A restore's write-behind: background fdatasyncs of the pool as the restore goes on (WriteBehind), so
  * the durable commit at the end finds little left. A failure here is not the restore's: that
  * commit syncs again and reports it.
  */
 function poolWriteBehind(pool: Pool): WriteBehind {
-  return new WriteBehind(() => pool.syncBehind(), LIMITS.backup.syncBehindBytes);
+  return new WriteBehind(() => pool.syncBehind(), LIMITS.backup.syncBehindBytes, LIMITS.backup.syncBehindFirstBytes);
 }

@@ -162,7 +162,11 @@ export const LIMITS = {
     writeChunkBytes: 1 * MiB,
     /** Chunks handed to the medium and not yet written: with the one being filled, the writer holds at most 5 MiB. */
     writeChunksInFlightMax: 4,
-    /** File media start a background fdatasync each time this much more has been written (see SequentialFileWriter). */
+    /**
+     * File media (and restores, for the pool) start a background fdatasync after the first
+     * syncBehindFirstBytes written, then after twice as much, … up to every syncBehindBytes (see WriteBehind).
+     */
+    syncBehindFirstBytes: 4 * MiB,
     syncBehindBytes: 64 * MiB,
     /** File media are read in chunks of this size, into a ring of reused buffers (SequentialFileReader); at least writeChunkBytes (see above). */
     readChunkBytes: 1 * MiB,

@@ -57,8 +57,9 @@ export class SequentialFileWriter implements MediumWriter {
   #bytesWritten = 0;
   #error: ThinError | null = null;
   /**
-   * A background fdatasync every syncBehindBytes (regular files only), so the fsync at close finds
-   * little left (without it, a 512 MiB backup spent 0.27 s of its 0.43 s in that last fsync).
+   * Background fdatasyncs (regular files only), from the first syncBehindFirstBytes up to every
+   * syncBehindBytes, so the fsync at close finds little left (without them, a 512 MiB backup
+   * spent 0.27 s of its 0.43 s in that last fsync).
    * Failures are kept and reported by the next write or by close: a backup is never called
    * complete on them.
    */
@@ -73,6 +74,7 @@ export class SequentialFileWriter implements MediumWriter {
         this.#error ??= mediumError(error, description, 'write');
       }),
       BACKUP_LIMITS.syncBehindBytes,
+      BACKUP_LIMITS.syncBehindFirstBytes,
     );
     stream.on('error', (error) => {
       this.#error ??= mediumError(error, description, 'write');
