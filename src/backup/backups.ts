@@ -219,8 +219,8 @@ export class BackupManager {
       const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
       reader = new RunReader(runs, (run) => run.length * view.extentBytes, (run, io) =>
         view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, { io }), {
-        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs,
-        threadPoolRunsAfterMiss: LIMITS.backupThreadPoolRunsAfterMiss, syncRunBytesMax: LIMITS.syncReadBytesMax,
+        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs, slowReadsToSwitch: LIMITS.backupSlowReadsToSwitch,
+        threadPoolRunsAfterMiss: LIMITS.backupThreadPoolRunsAfterMiss, syncRunBytesMax: LIMITS.backupSyncRunBytesMax,
       });
       for (const run of runs) {
         if (ctx.signal.aborted) throw ctx.signal.reason;

@@ -9,13 +9,16 @@
  * - On disk: a synchronous read stalls the event loop, so every NBD connection, for the whole
  *   disk latency. Reads then go to the thread pool, `inFlightMax` ahead, where they also overlap.
  *
- * - Large runs (a full backup's 1 MiB) always go to the thread pool, read ahead: there the copy out
+ * - Large runs (over `syncRunBytesMax`; a full backup's are 1 MiB) always go to the thread pool, read ahead: there the copy out
  *   of the page cache runs on the other core while this thread checksums and stages the previous
  *   run (synchronous 1 MiB reads made a full backup 0.68 → 0.84 s on tmpfs).
  *
- * So small runs start synchronous; one that takes longer than `syncBudgetMs` is taken as a cache
- * miss, and the next `threadPoolRunsAfterMiss` runs are read on the thread pool; then a synchronous
- * read probes again. The cost bound: a host sees at most one disk read's stall per that many runs.
+ * So small runs start synchronous; `slowReadsToSwitch` of them in a row taking longer than
+ * `syncBudgetMs` are taken as cache misses, and the next `threadPoolRunsAfterMiss` runs are read on
+ * the thread pool; then a synchronous read probes again. In a row, because one slow read alone is
+ * as often this VM taking the CPU away for a few ms (seen on tmpfs, where nothing can miss), and a
+ * switch for nothing cost an incremental 15 ms. The cost bound: a host sees at most that many
+ * disk reads' stall per threadPoolRunsAfterMiss runs.
  */
 import { assert } from '../lib/assert.js';
 
@@ -24,8 +27,10 @@ export type ReadIo = 'sync' | 'thread-pool';
 export interface RunReaderOptions {
   /** Thread-pool reads in flight at once, read ahead of the caller. */
   inFlightMax: number;
-  /** A synchronous read longer than this came from the disk. */
+  /** A synchronous read longer than this came from the disk (or the thread lost the CPU meanwhile). */
   syncBudgetMs: number;
+  /** Slow synchronous reads in a row that send the next runs to the thread pool. */
+  slowReadsToSwitch: number;
   /** Runs read on the thread pool after a synchronous read missed, before the next probe. */
   threadPoolRunsAfterMiss: number;
   /** Runs of at most this many bytes may be read synchronously; larger ones always go to the thread pool. */
@@ -42,12 +47,14 @@ export class RunReader<Run> {
   #nextToStart = 0;
   /** Runs still to be started on the thread pool before a synchronous probe. */
   #threadPoolRunsLeft = 0;
+  /** Synchronous reads in a row that took longer than syncBudgetMs. */
+  #slowInARow = 0;
   /** Counters, for the job's log line. */
   syncReads = 0;
   threadPoolReads = 0;
 
   constructor(runs: readonly Run[], bytesOf: (run: Run) => number, read: (run: Run, io: ReadIo) => Promise<Buffer>, options: RunReaderOptions) {
-    assert(options.inFlightMax >= 1 && options.threadPoolRunsAfterMiss >= 1, 'RunReader needs room for one read ahead');
+    assert(options.inFlightMax >= 1 && options.threadPoolRunsAfterMiss >= 1 && options.slowReadsToSwitch >= 1, 'RunReader needs room for one read ahead');
     this.#runs = runs;
     this.#read = read;
     this.#bytesOf = bytesOf;
@@ -67,7 +74,11 @@ export class RunReader<Run> {
     const t0 = performance.now();
     const data = this.#read(run, 'sync');
     this.syncReads++;
-    if (performance.now() - t0 > this.#options.syncBudgetMs) this.#threadPoolRunsLeft = this.#options.threadPoolRunsAfterMiss;
+    this.#slowInARow = performance.now() - t0 > this.#options.syncBudgetMs ? this.#slowInARow + 1 : 0;
+    if (this.#slowInARow >= this.#options.slowReadsToSwitch) {
+      this.#slowInARow = 0;
+      this.#threadPoolRunsLeft = this.#options.threadPoolRunsAfterMiss;
+    }
     this.#startAhead();
     return data;
   }

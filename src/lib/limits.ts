@@ -92,11 +92,14 @@ export const LIMITS = {
   /** Reads of a backup's runs in flight at once on the thread pool (read ahead of the stream writer). */
   backupReadsInFlightMax: 8,
   /**
-   * A backup's synchronous read of a run (≤ 1 MiB) that takes longer than this went to the disk
-   * (page-cache copies of 1 MiB take 0.1–0.4 ms here); the next backupThreadPoolRunsAfterMiss
-   * runs are then read on the thread pool (src/backup/run-reader.ts).
+   * How a backup reads its runs (src/backup/run-reader.ts): runs up to backupSyncRunBytesMax
+   * synchronously (a 256 KiB page-cache copy takes about what a thread-pool hop costs here);
+   * backupSlowReadsToSwitch of them in a row over backupSyncReadBudgetMs went to the disk, and the
+   * next backupThreadPoolRunsAfterMiss runs are then read on the thread pool.
    */
+  backupSyncRunBytesMax: 256 * KiB,
   backupSyncReadBudgetMs: 2,
+  backupSlowReadsToSwitch: 2,
   backupThreadPoolRunsAfterMiss: 64,
   /** Restore (remap): records written to new extents in one batch, and batches in flight. */
   restoreBatchExtentsMax: 32,

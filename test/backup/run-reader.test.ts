@@ -17,7 +17,7 @@ interface Run {
   fails?: boolean;
 }
 
-const OPTIONS: RunReaderOptions = { inFlightMax: 3, syncBudgetMs: 2, threadPoolRunsAfterMiss: 5, syncRunBytesMax: 64 * 1024 };
+const OPTIONS: RunReaderOptions = { inFlightMax: 3, syncBudgetMs: 2, slowReadsToSwitch: 2, threadPoolRunsAfterMiss: 5, syncRunBytesMax: 64 * 1024 };
 
 /** A fake volume: each read returns a buffer naming its run; thread-pool reads finish out of order. */
 function fakeReads(): { read: (run: Run, io: ReadIo) => Promise<Buffer>; log: Array<{ index: number; io: ReadIo }>; inFlightPeak: () => number } {
@@ -75,8 +75,16 @@ describe('RunReader', () => {
     assert.equal(fake.inFlightPeak(), OPTIONS.inFlightMax);
   });
 
-  test('a slow synchronous read sends the next runs to the thread pool, then a synchronous probe follows', async () => {
-    const runs = Array.from({ length: 16 }, (_, i) => small(i, i === 2 ? { slowMs: 10 } : {}));
+  test('one slow synchronous read alone changes nothing (the VM took the CPU, not a cache miss)', async () => {
+    const runs = Array.from({ length: 12 }, (_, i) => small(i, i === 2 || i === 5 ? { slowMs: 10 } : {}));
+    const fake = fakeReads();
+    const reader = new RunReader(runs, (run) => run.bytes, fake.read, OPTIONS);
+    assert.deepEqual(await readAll(reader), names(runs));
+    assert.ok(fake.log.every((entry) => entry.io === 'sync'));
+  });
+
+  test('slow synchronous reads in a row send the next runs to the thread pool, then a synchronous probe follows', async () => {
+    const runs = Array.from({ length: 16 }, (_, i) => small(i, i === 1 || i === 2 ? { slowMs: 10 } : {}));
     const fake = fakeReads();
     const reader = new RunReader(runs, (run) => run.bytes, fake.read, OPTIONS);
     assert.deepEqual(await readAll(reader), names(runs));
