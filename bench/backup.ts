@@ -422,7 +422,8 @@ const VOLUME = 'bench';
 
 async function main(): Promise<void> {
   const config = parseArgs(process.argv.slice(2));
-  await requireTools(['nbdcopy', 'nbdinfo', 'qemu-img']);
+  // nbdcopy also fills the volume; qemu-img only for its own step.
+  await requireTools(['nbdcopy', 'nbdinfo', ...(config.skip.has('qemu-img') ? [] : ['qemu-img'])]);
   const stepTimeoutMs = config.stepTimeoutS * 1000;
 
   const workDir = await mkdtemp(join(tmpdir(), 'thinarray-bench-backup-'));
@@ -564,6 +565,7 @@ async function main(): Promise<void> {
     finishedAt: new Date().toISOString(),
     machine: await machineInfo({ nbdcopy: ['nbdcopy', ['--version']], qemuImg: ['qemu-img', ['--version']], cp: ['cp', ['--version']] }),
     filesystem,
+    commit: await runOk('git', ['-C', REPO_ROOT, 'rev-parse', 'HEAD'], { timeoutMs: 10_000 }).then((r) => r.stdout.trim(), () => 'unknown'),
     config: {
       volumeBytes: config.volumeBytes,
       dataBytes: config.dataBytes,
@@ -572,6 +574,7 @@ async function main(): Promise<void> {
       changePercent: config.changePercent,
       reps: config.reps,
       seed: config.seed,
+      skipped: [...config.skip],
     },
     usedBytes,
     changedBytes,

@@ -214,12 +214,12 @@ export class BackupManager {
       ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
       // Read through the view (the point-in-time data, wherever it lives now) in runs of adjacent
-      // records, one read per run: synchronous while they hit the page cache, on the thread pool
-      // and read ahead once one misses (src/backup/run-reader.ts).
+      // records, one read per run: small runs synchronously while they hit the page cache, large
+      // ones and those after cache misses on the thread pool, read ahead (src/backup/run-reader.ts).
       const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
       reader = new RunReader(runs, (run) => run.length * view.extentBytes, (run, io) =>
         view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, { io }), {
-        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs, slowReadsToSwitch: LIMITS.backupSlowReadsToSwitch,
+        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs, slowReadsToSwitch: LIMITS.backupSlowReadsToSwitch, slowReadsWindow: LIMITS.backupSlowReadsWindow,
         threadPoolRunsAfterMiss: LIMITS.backupThreadPoolRunsAfterMiss, syncRunBytesMax: LIMITS.backupSyncRunBytesMax,
       });
       for (const run of runs) {

@@ -2,23 +2,23 @@
  * Reads a backup's runs, in order, choosing for each read between a synchronous pread and the
  * thread pool — because which one is right depends on where the data is, and only a read says.
  *
- * - In the page cache (data written recently, a small incremental): a synchronous 64 KiB–1 MiB
- *   read is a memory copy of 10–300 µs. The thread pool adds a hop of 30–100 µs per read on this
- *   2-core machine (measured: an incremental of 328 scattered extents spent 20–30 ms only
- *   dispatching its reads), and the backup's own fixed costs are what its time is judged by.
- * - On disk: a synchronous read stalls the event loop, so every NBD connection, for the whole
- *   disk latency. Reads then go to the thread pool, `inFlightMax` ahead, where they also overlap.
+ * - Small runs in the page cache (data written recently, a small incremental's scattered
+ *   extents): a synchronous read of up to `syncRunBytesMax` is a memory copy of 10–60 µs, and the
+ *   thread pool adds a hop of 30–100 µs per read on this 2-core machine (measured: an incremental
+ *   of 328 scattered extents spent 20–30 ms only dispatching its reads).
+ * - Small runs on disk: a synchronous read stalls the event loop, so every NBD connection, for
+ *   the whole disk latency. Reads then go to the thread pool, `inFlightMax` ahead, and overlap.
+ * - Large runs (a full backup's are 1 MiB) always go to the thread pool, read ahead: the copy out
+ *   of the page cache then runs on the other core while this thread checksums and stages the
+ *   previous run (synchronous 1 MiB reads were no faster on tmpfs, and stall on a miss).
  *
- * - Large runs (over `syncRunBytesMax`; a full backup's are 1 MiB) always go to the thread pool, read ahead: there the copy out
- *   of the page cache runs on the other core while this thread checksums and stages the previous
- *   run (synchronous 1 MiB reads made a full backup 0.68 → 0.84 s on tmpfs).
- *
- * So small runs start synchronous; `slowReadsToSwitch` of them in a row taking longer than
- * `syncBudgetMs` are taken as cache misses, and the next `threadPoolRunsAfterMiss` runs are read on
- * the thread pool; then a synchronous read probes again. In a row, because one slow read alone is
- * as often this VM taking the CPU away for a few ms (seen on tmpfs, where nothing can miss), and a
- * switch for nothing cost an incremental 15 ms. The cost bound: a host sees at most that many
- * disk reads' stall per threadPoolRunsAfterMiss runs.
+ * So small runs start synchronous. When `slowReadsToSwitch` of the last `slowReadsWindow`
+ * synchronous reads took longer than `syncBudgetMs`, they were cache misses: the next
+ * `threadPoolRunsAfterMiss` runs are read on the thread pool, then a synchronous read probes again.
+ * Not one slow read: a lone one is as often this VM taking the CPU away for a few ms (seen on
+ * tmpfs, where nothing can miss), and a switch for nothing cost an incremental 15 ms. Not in a
+ * row: hits and misses alternate when the cache holds part of the data. The bound: between two
+ * switches, at most slowReadsToSwitch − 1 of every slowReadsWindow synchronous reads stall a host.
  */
 import { assert } from '../lib/assert.js';
 
@@ -29,12 +29,15 @@ export interface RunReaderOptions {
   inFlightMax: number;
   /** A synchronous read longer than this came from the disk (or the thread lost the CPU meanwhile). */
   syncBudgetMs: number;
-  /** Slow synchronous reads in a row that send the next runs to the thread pool. */
+  /** Slow synchronous reads among the last slowReadsWindow that send the next runs to the thread pool. */
   slowReadsToSwitch: number;
-  /** Runs read on the thread pool after a synchronous read missed, before the next probe. */
+  slowReadsWindow: number;
+  /** Runs read on the thread pool after the switch, before the next synchronous probe. */
   threadPoolRunsAfterMiss: number;
   /** Runs of at most this many bytes may be read synchronously; larger ones always go to the thread pool. */
   syncRunBytesMax: number;
+  /** The clock that times synchronous reads (tests pass a virtual one). */
+  nowMs?: () => number;
 }
 
 export class RunReader<Run> {
@@ -47,14 +50,17 @@ export class RunReader<Run> {
   #nextToStart = 0;
   /** Runs still to be started on the thread pool before a synchronous probe. */
   #threadPoolRunsLeft = 0;
-  /** Synchronous reads in a row that took longer than syncBudgetMs. */
-  #slowInARow = 0;
+  /** Whether each of the last slowReadsWindow synchronous reads took longer than syncBudgetMs, oldest first. */
+  #recentSlow: boolean[] = [];
+  readonly #nowMs: () => number;
   /** Counters, for the job's log line. */
   syncReads = 0;
   threadPoolReads = 0;
 
   constructor(runs: readonly Run[], bytesOf: (run: Run) => number, read: (run: Run, io: ReadIo) => Promise<Buffer>, options: RunReaderOptions) {
-    assert(options.inFlightMax >= 1 && options.threadPoolRunsAfterMiss >= 1 && options.slowReadsToSwitch >= 1, 'RunReader needs room for one read ahead');
+    assert(options.inFlightMax >= 1 && options.threadPoolRunsAfterMiss >= 1, 'RunReader needs room for one read ahead');
+    assert(options.slowReadsToSwitch >= 1 && options.slowReadsToSwitch <= options.slowReadsWindow, 'RunReader: 1 ≤ slowReadsToSwitch ≤ slowReadsWindow');
+    this.#nowMs = options.nowMs ?? (() => performance.now());
     this.#runs = runs;
     this.#read = read;
     this.#bytesOf = bytesOf;
@@ -71,19 +77,23 @@ export class RunReader<Run> {
     if (started) return started;
     if (this.#nextToStart >= this.#runs.length) return undefined;
     const run = this.#runs[this.#nextToStart++]!;
-    const t0 = performance.now();
+    const t0 = this.#nowMs();
     const data = this.#read(run, 'sync');
     this.syncReads++;
-    this.#slowInARow = performance.now() - t0 > this.#options.syncBudgetMs ? this.#slowInARow + 1 : 0;
-    if (this.#slowInARow >= this.#options.slowReadsToSwitch) {
-      this.#slowInARow = 0;
-      this.#threadPoolRunsLeft = this.#options.threadPoolRunsAfterMiss;
-    }
+    this.#noteSyncRead(this.#nowMs() - t0 > this.#options.syncBudgetMs);
     this.#startAhead();
     return data;
   }
 
-  /** Waits for reads still in flight (after a failure, before their buffers' owner goes away). */
+  #noteSyncRead(slow: boolean): void {
+    this.#recentSlow.push(slow);
+    if (this.#recentSlow.length > this.#options.slowReadsWindow) this.#recentSlow.shift();
+    if (this.#recentSlow.filter(Boolean).length < this.#options.slowReadsToSwitch) return;
+    this.#recentSlow = [];
+    this.#threadPoolRunsLeft = this.#options.threadPoolRunsAfterMiss;
+  }
+
+  /** Waits for the thread-pool reads started and not handed out (after a failure, before the view they read goes away). */
   async settle(): Promise<void> {
     await Promise.allSettled(this.#ahead);
   }

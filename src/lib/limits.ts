@@ -94,12 +94,14 @@ export const LIMITS = {
   /**
    * How a backup reads its runs (src/backup/run-reader.ts): runs up to backupSyncRunBytesMax
    * synchronously (a 256 KiB page-cache copy takes about what a thread-pool hop costs here);
-   * backupSlowReadsToSwitch of them in a row over backupSyncReadBudgetMs went to the disk, and the
-   * next backupThreadPoolRunsAfterMiss runs are then read on the thread pool.
+   * when backupSlowReadsToSwitch of the last backupSlowReadsWindow took over
+   * backupSyncReadBudgetMs, they went to the disk, and the next backupThreadPoolRunsAfterMiss runs
+   * are read on the thread pool.
    */
   backupSyncRunBytesMax: 256 * KiB,
   backupSyncReadBudgetMs: 2,
   backupSlowReadsToSwitch: 2,
+  backupSlowReadsWindow: 8,
   backupThreadPoolRunsAfterMiss: 64,
   /** Restore (remap): records written to new extents in one batch, and batches in flight. */
   restoreBatchExtentsMax: 32,

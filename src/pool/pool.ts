@@ -31,6 +31,13 @@ export class PoolDisk {
   /** Written since the last fdatasync. */
   unsynced = false;
   /**
+   * The first failed fdatasync of this disk, kept until the daemon restarts: Linux reports a
+   * writeback error to a descriptor once, so a later fdatasync that succeeds does not mean the
+   * pages that failed reached the disk. Every later sync fails with it: no FLUSH, FUA or commit
+   * may claim durability after that (PostgreSQL's "fsyncgate" lesson).
+   */
+  syncFailure: unknown = null;
+  /**
    * Where the next search for a free extent starts (next fit): allocation stays O(1) amortised on
    * a large, mostly full disk, and consecutive allocations land next to each other.
    */
@@ -340,18 +347,40 @@ export class Pool {
    * gives the disk a head start, and the commit's own sync then finds little left.
    */
   async syncBehind(): Promise<void> {
-    await Promise.all(this.#disks.filter((disk) => disk.unsynced).map((disk) => fdatasync(disk.fd)));
+    // A failure is not thrown here (nobody waits on this sync) but kept: the next syncDisks throws it.
+    await Promise.all(this.#disks.filter((disk) => disk.unsynced).map((disk) => this.#fdatasync(disk).catch(() => undefined)));
   }
 
-  /** fdatasync every disk written since its last sync. */
+  /** fdatasync every disk written since its last sync; fails for good once any sync of a disk failed. */
   async syncDisks(): Promise<void> {
+    this.#throwSyncFailure();
     const pending = this.#disks.filter((disk) => disk.unsynced);
     for (const disk of pending) disk.unsynced = false;
     try {
-      await Promise.all(pending.map((disk) => fdatasync(disk.fd)));
+      await Promise.all(pending.map((disk) => this.#fdatasync(disk)));
     } catch (error) {
       for (const disk of pending) disk.unsynced = true;
       throw error;
+    }
+    this.#throwSyncFailure(); // a write-behind sync that failed while these ran
+  }
+
+  async #fdatasync(disk: PoolDisk): Promise<void> {
+    try {
+      await fdatasync(disk.fd);
+    } catch (error) {
+      if (disk.syncFailure === null) {
+        disk.syncFailure = error;
+        this.#logger.error({ err: error, disk: disk.row.path }, 'fdatasync of a pool disk failed: every later sync fails until the daemon restarts');
+      }
+      throw error;
+    }
+  }
+
+  #throwSyncFailure(): void {
+    const failed = this.#disks.find((disk) => disk.syncFailure !== null);
+    if (failed) {
+      throw new ThinError('IO_ERROR', `an earlier fdatasync of pool disk ${failed.row.path} failed (${errorText(failed.syncFailure)}); data written before it may not be on stable storage, so nothing is called durable until the daemon restarts and the disk is checked`);
     }
   }
 
@@ -394,4 +423,8 @@ export class Pool {
     for (const disk of this.#disks) fs.closeSync(disk.fd);
     this.#disks.length = 0;
   }
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

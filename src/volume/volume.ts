@@ -124,7 +124,9 @@ export class Volume implements BlockDevice {
       for (const run of runs) readRunSync(run);
       return target;
     }
-    await this.#pinned(runs, () => Promise.all(runs.map(readRun)));
+    // allSettled: when one run fails, the others still read into `target` — wait for them
+    // before unpinning and before the caller (a backup dropping its view) goes on.
+    await this.#pinned(runs, () => settleAll(runs.map(readRun)));
     return target;
   }
 
@@ -464,6 +466,12 @@ function writeRunSync(run: DiskRun): void {
     if (bytes === 0) throw new ThinError('IO_ERROR', `write to a pool disk stopped at byte ${run.positionBytes + doneBytes}`);
     doneBytes += bytes;
   }
+}
+
+/** Waits for every promise; then rejects with the first failure, if any. */
+async function settleAll(promises: ReadonlyArray<Promise<void>>): Promise<void> {
+  const failed = (await Promise.allSettled(promises)).find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** readv until the whole run is read: the kernel may return fewer bytes than asked. */

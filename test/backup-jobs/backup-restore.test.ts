@@ -135,23 +135,27 @@ describe('backup and restore', () => {
     const fifo = path.join(media, 'blocked');
     execFileSync('mkfifo', [fifo]);
     const blocker = await array.backups.create({ volume: 'other', to: `file:${fifo}` });
-    const queued = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'never.tbk')}`, incremental: true });
-    assert.equal(array.jobs.get(queued.jobId!).state, 'queued');
-    assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 2, 'both backups hold a point-in-time view');
+    // The blocker's open of the FIFO holds a thread-pool thread until a reader comes: whatever
+    // happens in between, one comes (a failed assertion would otherwise leave the test run hanging).
+    try {
+      const queued = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'never.tbk')}`, incremental: true });
+      assert.equal(array.jobs.get(queued.jobId!).state, 'queued');
+      assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 2, 'both backups hold a point-in-time view');
 
-    array.jobs.cancel(queued.jobId!);
-    assert.equal((await job(queued.jobId!)).state, 'cancelled');
-    const failed = array.backups.show(queued.id);
-    assert.equal(failed.state, 'failed');
-    assert.match(failed.error ?? '', /ended before it ran/);
-    assert.equal(fs.existsSync(path.join(media, 'never.tbk')), false, 'no medium was written');
-    assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 1, "the cancelled backup's view is gone");
+      array.jobs.cancel(queued.jobId!);
+      assert.equal((await job(queued.jobId!)).state, 'cancelled');
+      const failed = array.backups.show(queued.id);
+      assert.equal(failed.state, 'failed');
+      assert.match(failed.error ?? '', /ended before it ran/);
+      assert.equal(fs.existsSync(path.join(media, 'never.tbk')), false, 'no medium was written');
+      assert.equal(array.volumeList().filter((v) => v.name.endsWith('-view')).length, 1, "the cancelled backup's view is gone");
+    } finally {
+      spawn('cat', [fifo], { stdio: ['ignore', 'ignore', 'inherit'] });
+    }
 
-    // Let the blocked backup through (a reader on the FIFO), then the next incremental of vm still
+    // The blocked backup got through (a reader on the FIFO); the next incremental of vm still
     // builds on the full backup and holds the two extents the cancelled one had set aside.
-    const reader = spawn('cat', [fifo], { stdio: ['ignore', 'ignore', 'inherit'] });
     assert.equal((await job(blocker.jobId!)).state, 'succeeded');
-    await new Promise((resolve) => reader.once('close', resolve));
     const next = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'next.tbk')}`, incremental: true });
     assert.equal((await job(next.jobId!)).state, 'succeeded');
     assert.equal(array.backups.show(next.id).parentId, full.id);
