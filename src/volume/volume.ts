@@ -111,12 +111,15 @@ export class Volume implements BlockDevice {
    * costs microseconds, a miss stalls every connection until the disk answers) or 'thread-pool'
    * (a hop of tens of microseconds, but a miss waits off the event loop, several at once). By
    * default, reads up to syncReadBytesMax are synchronous. A backup chooses per read (RunReader).
+   * `options.into`: read into the start of this buffer instead of a new or recycled one, for a
+   * caller that is done with each read's data before the next (nothing allocated per read).
    */
-  async read(offsetBytes: number, lengthBytes: number, options: { io?: 'sync' | 'thread-pool' } = {}): Promise<Buffer> {
+  async read(offsetBytes: number, lengthBytes: number, options: { io?: 'sync' | 'thread-pool'; into?: Buffer } = {}): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
+    assert(options.into === undefined || options.into.length >= lengthBytes, 'a read into a given buffer fits in it');
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     // Large reads use recycled buffers; whoever sends the data may hand them back (releaseBuffer).
-    const target = acquireBuffer(lengthBytes);
+    const target = options.into?.subarray(0, lengthBytes) ?? acquireBuffer(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
     const io = options.io ?? (lengthBytes <= LIMITS.syncReadBytesMax ? 'sync' : 'thread-pool');
     if (io === 'sync') {
