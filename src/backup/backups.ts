@@ -17,7 +17,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ThinError, isThinError } from '../lib/errors.js';
+import { ThinError, isThinError, messageOf } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { releaseBuffer } from '../lib/buffer-pool.js';
 import { WriteBehind } from '../lib/write-behind.js';
@@ -248,7 +248,7 @@ export class BackupManager {
       await (writer ?? mediumWriter)?.abort().catch(() => undefined);
       await reader?.settle(); // no read still running when the view is dropped
       volume.changes?.returnHeld(); // still changes since the last complete backup
-      this.catalog.fail(backupId, errorMessage(error));
+      this.catalog.fail(backupId, messageOf(error));
       throw error;
     } finally {
       await this.#host.copies.discard(view);
@@ -356,7 +356,7 @@ export class BackupManager {
       return { backupId: copyId, copiedFrom: original.id, digest: check.digest };
     } catch (error) {
       await writer?.abort().catch(() => undefined);
-      this.catalog.fail(copyId, errorMessage(error));
+      this.catalog.fail(copyId, messageOf(error));
       throw error;
     }
   }
@@ -759,10 +759,6 @@ function viewName(backupId: string): string {
   return `${backupId}-view`;
 }
 
-function errorMessage(error: unknown): string {
-  if (isThinError(error)) return error.message;
-  return error instanceof Error ? error.message : String(error);
-}
 
 /**
  * A restore's write-behind: background fdatasyncs of the pool as the restore goes on (WriteBehind), so

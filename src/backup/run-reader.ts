@@ -53,9 +53,8 @@ export class RunReader<Run> {
   /** Whether each of the last slowReadsWindow synchronous reads took longer than syncBudgetMs, oldest first. */
   #recentSlow: boolean[] = [];
   readonly #nowMs: () => number;
-  /** Counters, for the job's log line. */
-  syncReads = 0;
-  threadPoolReads = 0;
+  #syncReads = 0;
+  #threadPoolReads = 0;
 
   constructor(runs: readonly Run[], bytesOf: (run: Run) => number, read: (run: Run, io: ReadIo) => Promise<Buffer>, options: RunReaderOptions) {
     assert(options.inFlightMax >= 1 && options.threadPoolRunsAfterMiss >= 1, 'RunReader needs room for one read ahead');
@@ -66,6 +65,15 @@ export class RunReader<Run> {
     this.#bytesOf = bytesOf;
     this.#options = options;
     this.#startAhead();
+  }
+
+  /** Reads done each way so far, for the job's log line. */
+  get syncReads(): number {
+    return this.#syncReads;
+  }
+
+  get threadPoolReads(): number {
+    return this.#threadPoolReads;
   }
 
   /** The next run's data, or undefined after the last: await it before the next call. A failed read rejects here, in order. */
@@ -79,7 +87,7 @@ export class RunReader<Run> {
     const run = this.#runs[this.#nextToStart++]!;
     const t0 = this.#nowMs();
     const data = this.#read(run, 'sync');
-    this.syncReads++;
+    this.#syncReads++;
     this.#noteSyncRead(this.#nowMs() - t0 > this.#options.syncBudgetMs);
     this.#startAhead();
     return data;
@@ -109,7 +117,7 @@ export class RunReader<Run> {
       const read = this.#read(run, 'thread-pool');
       read.catch(() => undefined); // awaited in order by next(); a failure surfaces there
       this.#ahead.push(read);
-      this.threadPoolReads++;
+      this.#threadPoolReads++;
     }
   }
 }

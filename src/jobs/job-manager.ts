@@ -5,7 +5,7 @@
  * Kinds are registered by the layers that own the work; this file knows none of them.
  */
 import { assert, assertSafeInteger } from '../lib/assert.js';
-import { isThinError, ThinError } from '../lib/errors.js';
+import { isThinError, messageOf, ThinError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import type { Logger } from '../lib/log.js';
 import { formatBytes } from '../lib/sizes.js';
@@ -412,7 +412,7 @@ export class JobManager {
       return { state: 'failed', error: { code: reason.fault!.code, message: reason.fault!.message } };
     }
     if (isThinError(error)) return { state: 'failed', error: { code: error.code, message: error.message } };
-    const detail = error instanceof Error ? error.message : String(error);
+    const detail = messageOf(error);
     job.logger.error({ err: error }, 'job failed with an unexpected error');
     return { state: 'failed', error: { code: 'INTERNAL', message: `unexpected error in the ${job.kind.name} job: ${detail} (details in the daemon log)` } };
   }

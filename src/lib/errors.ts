@@ -38,6 +38,11 @@ export function isThinError(error: unknown): error is ThinError {
   return error instanceof ThinError;
 }
 
+/** The message of anything thrown (an Error's message, else its string form). */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** Maps an operating-system error from fs calls into a ThinError, keeping the cause. */
 export function fromSystemError(error: unknown, what: string): ThinError {
   if (isThinError(error)) return error;
@@ -45,6 +50,5 @@ export function fromSystemError(error: unknown, what: string): ThinError {
   if (systemCode === 'ENOSPC' || systemCode === 'EDQUOT') {
     return new ThinError('NO_SPACE', `${what}: no space left on the device holding the pool`, { cause: error });
   }
-  const detail = error instanceof Error ? error.message : String(error);
-  return new ThinError('IO_ERROR', `${what}: ${detail}`, { cause: error });
+  return new ThinError('IO_ERROR', `${what}: ${messageOf(error)}`, { cause: error });
 }

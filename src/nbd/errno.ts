@@ -1,5 +1,5 @@
 /** Maps exceptions from the device to NBD error values; anything that is not a ThinError is EIO. */
-import { ERROR_CODES, isThinError } from '../lib/errors.js';
+import { ERROR_CODES, isThinError, messageOf } from '../lib/errors.js';
 import { NBD_ERRNO, NBD_EIO, type NbdErrnoName } from './protocol.js';
 
 export interface NbdFailure {
@@ -14,6 +14,5 @@ export function failureFromError(error: unknown): NbdFailure {
     const name: NbdErrnoName = ERROR_CODES[error.code].nbdErrno;
     return { errno: NBD_ERRNO[name] ?? NBD_EIO, message: error.message, unexpected: false };
   }
-  const message = error instanceof Error ? error.message : String(error);
-  return { errno: NBD_EIO, message: `internal error: ${message}`, unexpected: true };
+  return { errno: NBD_EIO, message: `internal error: ${messageOf(error)}`, unexpected: true };
 }

@@ -13,7 +13,7 @@
  */
 import fs from 'node:fs';
 import { Bitmap } from '../lib/bitmap.js';
-import { ThinError } from '../lib/errors.js';
+import { ThinError, messageOf } from '../lib/errors.js';
 import { assert } from '../lib/assert.js';
 import { LIMITS } from '../lib/limits.js';
 import type { Logger } from '../lib/log.js';
@@ -380,7 +380,7 @@ export class Pool {
   #throwSyncFailure(): void {
     const failed = this.#disks.find((disk) => disk.syncFailure !== null);
     if (failed) {
-      throw new ThinError('IO_ERROR', `an earlier fdatasync of pool disk ${failed.row.path} failed (${errorText(failed.syncFailure)}); data written before it may not be on stable storage, so nothing is called durable until the daemon restarts and the disk is checked`);
+      throw new ThinError('IO_ERROR', `an earlier fdatasync of pool disk ${failed.row.path} failed (${messageOf(failed.syncFailure)}); data written before it may not be on stable storage, so nothing is called durable until the daemon restarts and the disk is checked`);
     }
   }
 
@@ -423,8 +423,4 @@ export class Pool {
     for (const disk of this.#disks) fs.closeSync(disk.fd);
     this.#disks.length = 0;
   }
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

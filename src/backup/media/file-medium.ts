@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import { promisify } from 'node:util';
-import { ThinError } from '../../lib/errors.js';
+import { ThinError, messageOf } from '../../lib/errors.js';
 import { WriteBehind } from '../../lib/write-behind.js';
 import { BACKUP_LIMITS } from '../format/limits.js';
 import type { MediumReader, MediumWriter } from './medium.js';
@@ -207,7 +207,7 @@ function openDescriptor(filePath: string, flags: string, description: string): P
 export function mediumError(error: unknown, description: string, operation: string): ThinError {
   if (error instanceof ThinError) return error;
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  const detail = error instanceof Error ? error.message : String(error);
+  const detail = messageOf(error);
   switch (code) {
     case 'ENOSPC':
     case 'EDQUOT':
