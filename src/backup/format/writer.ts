@@ -6,6 +6,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ThinError } from '../../lib/errors.js';
 import { assert } from '../../lib/assert.js';
+import { allocateAlignedBuffers } from '../../lib/aligned-buffers.js';
 import type { MediumWriter } from '../media/medium.js';
 import { BACKUP_LIMITS } from './limits.js';
 import { countsOf, findHeaderProblem, recordBytesFor, renderHeadPayload, type BackupHeaderFields } from './header.js';
@@ -52,6 +53,11 @@ export class BackupStreamWriter {
   #headerDigest: Hash | null = createHash(DIGEST_ALGORITHM);
   #staging: Buffer;
   #stagedBytes = 0;
+  /**
+   * Staging buffers not in use. They are page-aligned, so a medium that writes with O_DIRECT
+   * (DirectFileWriter) sends every full chunk to the device without copying it.
+   */
+  readonly #freeStaging: Buffer[];
   readonly #inFlight: Dispatched[] = [];
   #failure: unknown = null;
   /** A call is staging bytes: calls must come one at a time (each awaited), or frames would interleave. */
@@ -65,7 +71,8 @@ export class BackupStreamWriter {
     const counts = countsOf(fields);
     this.#expectedDataBytes = counts.dataBytes;
     this.#mappedExtentCount = counts.mappedExtentCount;
-    this.#staging = Buffer.allocUnsafeSlow(BACKUP_LIMITS.writeChunkBytes);
+    this.#freeStaging = allocateAlignedBuffers(BACKUP_LIMITS.writeChunksInFlightMax + 1, BACKUP_LIMITS.writeChunkBytes);
+    this.#staging = this.#freeStaging.pop()!;
   }
 
   get recordsWritten(): number {
@@ -211,8 +218,9 @@ export class BackupStreamWriter {
     }
     this.#stagedBytes = 0;
     if (!needNext) return;
-    if (this.#inFlight.length < BACKUP_LIMITS.writeChunksInFlightMax) {
-      this.#staging = Buffer.allocUnsafeSlow(BACKUP_LIMITS.writeChunkBytes);
+    const free = this.#freeStaging.pop();
+    if (free) {
+      this.#staging = free;
     } else {
       const oldest = this.#inFlight.shift()!;
       await oldest.done;

@@ -12,8 +12,8 @@ import { ThinError } from '../../lib/errors.js';
 import { BackupCorruptError } from '../format/corrupt.js';
 import { crc32, hex32, readU64, writeU64 } from '../format/layout.js';
 import { BACKUP_LIMITS } from '../format/limits.js';
-import { SequentialFileReader, SequentialFileWriter, mediumError } from './file-medium.js';
-import type { MediumReader, MediumWriter } from './medium.js';
+import { SequentialFileReader, SequentialFileWriter } from './file-medium.js';
+import { mediumError, type MediumReader, type MediumWriter } from './medium.js';
 
 export const CARTRIDGE_MAGIC = Buffer.from('THINCART', 'latin1');
 export const LABEL_VERSION = 1;

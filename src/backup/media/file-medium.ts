@@ -1,14 +1,16 @@
 /**
  * file:PATH — a plain file, a FIFO or a character device (tape), written and read strictly in
- * order through fs streams: never a positional write, never a seek, so a FIFO or a tape works
- * exactly like a file. A plain file is fsync'ed before close; a FIFO or a device cannot be.
+ * order: never a seek, never a rewrite. A FIFO or a tape is written through an fs stream (write(2)
+ * at the current position); a plain file with O_DIRECT where the filesystem allows it
+ * (direct-file-writer.ts), and fsync'ed before close. A FIFO or a device cannot be.
  */
 import fs from 'node:fs';
 import { promisify } from 'node:util';
-import { ThinError, messageOf } from '../../lib/errors.js';
+import { ThinError } from '../../lib/errors.js';
 import { WriteBehind } from '../../lib/write-behind.js';
 import { BACKUP_LIMITS } from '../format/limits.js';
-import type { MediumReader, MediumWriter } from './medium.js';
+import { DirectFileWriter } from './direct-file-writer.js';
+import { mediumError, type MediumReader, type MediumWriter } from './medium.js';
 
 type FileKind = 'file' | 'fifo' | 'char-device';
 
@@ -36,7 +38,11 @@ export async function openFileWriter(filePath: string, options: { overwrite?: bo
   const description = `file:${filePath}`;
   const kind = await statMediumPath(filePath, description);
   if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
-  // 'wx' creates a new file and fails if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
+  // A new file is created with O_EXCL, failing if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
+  if (kind === null || kind === 'file') {
+    const direct = await DirectFileWriter.open(filePath, description, kind === null);
+    if (direct) return direct;
+  }
   const flags = kind === null ? 'wx' : 'w';
   return await SequentialFileWriter.open(filePath, description, flags, kind === null || kind === 'file');
 }
@@ -201,27 +207,4 @@ function openDescriptor(filePath: string, flags: string, description: string): P
   return new Promise((resolve, reject) => {
     fs.open(filePath, flags, 0o666, (error, fd) => (error ? reject(mediumError(error, description, 'open')) : resolve(fd)));
   });
-}
-
-/** An fs error as a ThinError that says which medium and what was being done. */
-export function mediumError(error: unknown, description: string, operation: string): ThinError {
-  if (error instanceof ThinError) return error;
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  const detail = messageOf(error);
-  switch (code) {
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return new ThinError('NO_SPACE', `${description}: the medium is full (${operation})`, { cause: error });
-    case 'EPIPE':
-      return new ThinError('IO_ERROR', `${description}: the reader went away (${operation}: broken pipe)`, { cause: error });
-    case 'ENOENT':
-      return new ThinError('NOT_FOUND', `${description}: ${detail}`, { cause: error, field: 'medium' });
-    case 'EEXIST':
-      return new ThinError('ALREADY_EXISTS', `${description} already exists`, { cause: error, field: 'medium' });
-    case 'EACCES':
-    case 'EPERM':
-      return new ThinError('INVALID_ARGUMENT', `${description}: permission denied (${operation})`, { cause: error, field: 'medium' });
-    default:
-      return new ThinError('IO_ERROR', `${description}: ${operation} failed: ${detail}`, { cause: error });
-  }
 }

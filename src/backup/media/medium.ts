@@ -4,7 +4,7 @@
  * a set of cartridge files.
  */
 import path from 'node:path';
-import { ThinError } from '../../lib/errors.js';
+import { ThinError, messageOf } from '../../lib/errors.js';
 
 export interface MediumWriter {
   /** For messages: "file:/path", "dir:/path (cartridge 3)". */
@@ -68,5 +68,28 @@ export function formatMedium(medium: Medium): string {
       return `volume:${medium.name}`;
     default:
       return `${medium.kind}:${medium.path}`;
+  }
+}
+
+/** An fs error as a ThinError that says which medium and what was being done. */
+export function mediumError(error: unknown, description: string, operation: string): ThinError {
+  if (error instanceof ThinError) return error;
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const detail = messageOf(error);
+  switch (code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new ThinError('NO_SPACE', `${description}: the medium is full (${operation})`, { cause: error });
+    case 'EPIPE':
+      return new ThinError('IO_ERROR', `${description}: the reader went away (${operation}: broken pipe)`, { cause: error });
+    case 'ENOENT':
+      return new ThinError('NOT_FOUND', `${description}: ${detail}`, { cause: error, field: 'medium' });
+    case 'EEXIST':
+      return new ThinError('ALREADY_EXISTS', `${description} already exists`, { cause: error, field: 'medium' });
+    case 'EACCES':
+    case 'EPERM':
+      return new ThinError('INVALID_ARGUMENT', `${description}: permission denied (${operation})`, { cause: error, field: 'medium' });
+    default:
+      return new ThinError('IO_ERROR', `${description}: ${operation} failed: ${detail}`, { cause: error });
   }
 }
