@@ -87,6 +87,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     this.#context = {
       pool,
       sync: () => this.committer.sync(),
+      syncChangeMarks: () => this.committer.syncChangeMarks(),
       trackWrite: (write) => this.committer.trackWrite(write),
     };
     // Bounds the work lost to a crash when clients never flush; FLUSH/FUA commit at once.

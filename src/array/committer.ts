@@ -6,13 +6,20 @@
  * A map entry is therefore never durable before the data it points to, and a freed extent is never
  * reused before its free is durable. FLUSH and FUA requests that arrive while a commit runs share
  * the next one.
+ *
+ * A lighter commit makes only change-tracking marks durable (`syncChangeMarks`): a mark must reach
+ * the disk before the change it records can, but it does not depend on any data being durable, so
+ * it needs no fdatasync of the pool. A host's first write to an extent after a backup waits for
+ * one: with the full commit it waited for every dirty page of the pool to be written back, and
+ * 4 KiB writes at queue depth 1 fell from 10,000 to 1,800 a second after each backup.
+ * Both kinds run one at a time, in one queue: a tracker's capture must not overlap another.
  */
 import type { Logger } from '../lib/log.js';
 import type { MetaStore } from '../meta/store.js';
 import type { Pool } from '../pool/pool.js';
 import type { Volume } from '../volume/volume.js';
 import type { MapPageSnapshot } from '../volume/allocation-map.js';
-import type { ChangePageSnapshot } from '../volume/change-tracker.js';
+import type { ChangePageSnapshot, ChangeTracker } from '../volume/change-tracker.js';
 
 /** A metadata change that must become durable in the same transaction as the next commit's pages. */
 export type MetaOperation = (store: MetaStore) => void;
@@ -26,8 +33,12 @@ export class Committer {
   #pendingOperations: MetaOperation[] = [];
   #running: Promise<void> | undefined;
   #queued: Promise<void> | undefined;
+  /** What the queued commit will be: a full one as soon as any of its waiters asked for one. */
+  #queuedKind: CommitKind | undefined;
   /** Commits completed since start; tests and metrics read it. */
   commitCount = 0;
+  /** Marks-only commits completed since start. */
+  changeMarkCommitCount = 0;
 
   constructor(store: MetaStore, pool: Pool, logger: Logger, volumes: () => Iterable<Volume>) {
     this.#store = store;
@@ -56,16 +67,28 @@ export class Committer {
 
   /** Resolves when everything written before the call is durable (data, maps, frees). */
   sync(): Promise<void> {
+    return this.#request('full');
+  }
+
+  /** Resolves when every change-tracking mark set before the call is durable (data need not be). */
+  syncChangeMarks(): Promise<void> {
+    return this.#request('marks');
+  }
+
+  #request(kind: CommitKind): Promise<void> {
     if (!this.#running) {
-      this.#running = this.#commit(true).finally(() => (this.#running = undefined));
+      this.#running = (kind === 'full' ? this.#commit(true) : this.#commitChangeMarks()).finally(() => (this.#running = undefined));
       return this.#running;
     }
     // A commit is running and may have captured its state before our caller's writes: join the next.
+    this.#queuedKind = kind === 'full' ? 'full' : (this.#queuedKind ?? 'marks');
     this.#queued ??= this.#running
       .catch(() => undefined)
       .then(() => {
+        const queuedKind = this.#queuedKind!;
         this.#queued = undefined;
-        return this.sync();
+        this.#queuedKind = undefined;
+        return this.#request(queuedKind);
       });
     return this.#queued;
   }
@@ -119,7 +142,30 @@ export class Committer {
     for (const { volume } of changeSnapshots) volume.changes?.commitSucceeded();
     this.commitCount++;
   }
+
+  /** Only the change-tracking pages, in a durable transaction; nothing else is captured or synced. */
+  async #commitChangeMarks(): Promise<void> {
+    const changeSnapshots: Array<{ volume: Volume; capture: ReturnType<ChangeTracker['captureDirty']> }> = [];
+    for (const volume of this.#volumes()) {
+      if (volume.changes?.hasDirtyPages) changeSnapshots.push({ volume, capture: volume.changes.captureDirty() });
+    }
+    try {
+      if (changeSnapshots.length > 0) {
+        this.#store.transaction(() => {
+          for (const { volume, capture } of changeSnapshots) persistChanges(this.#store, volume.row.id, capture);
+        });
+      }
+    } catch (error) {
+      for (const { volume } of changeSnapshots) volume.changes?.commitFailed();
+      this.#logger.error({ err: error }, 'commit of change-tracking marks failed; it will be retried');
+      throw error;
+    }
+    for (const { volume } of changeSnapshots) volume.changes?.commitSucceeded();
+    this.changeMarkCommitCount++;
+  }
 }
+
+type CommitKind = 'full' | 'marks';
 
 function persistChanges(store: MetaStore, volumeId: number, capture: { pages: ChangePageSnapshot[]; replaceHeld: ChangePageSnapshot[] | undefined; replaceCurrent: boolean }): void {
   if (capture.replaceCurrent) store.clearChangeSlot(volumeId, 'current');

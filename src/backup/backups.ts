@@ -596,6 +596,10 @@ export class BackupManager {
     const writeBehind = poolWriteBehind(this.#host.pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
+      const mappedAtBackup = new Set(extentsOfRuns(header.allocationRuns));
+      // One commit for every change-tracking mark the restore needs, not one per extent it writes or trims.
+      await volume.markChanging(header.correspondence);
+      await volume.markChanging([...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)].map(({ extentIndex }) => extentIndex).filter((extent) => !mappedAtBackup.has(extent)));
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         writeBehind.note(record.data.length);
@@ -605,7 +609,6 @@ export class BackupManager {
         ctx.addDone(record.data.length);
       }
       await stream.verifyTrailer();
-      const mappedAtBackup = new Set(extentsOfRuns(header.allocationRuns));
       for (const { extentIndex } of [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)]) {
         if (mappedAtBackup.has(extentIndex)) continue;
         const offset = extentIndex * volume.extentBytes;

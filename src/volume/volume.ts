@@ -25,6 +25,8 @@ export interface VolumeContext {
   readonly pool: Pool;
   /** Group commit: every write completed before the call is durable, data and map, on resolve. */
   sync(): Promise<void>;
+  /** Every change-tracking mark set before the call is durable on resolve (a commit without a data sync). */
+  syncChangeMarks(): Promise<void>;
   /** Registers an I/O in progress so that a commit waits for it before syncing the disks. */
   trackWrite(write: Promise<unknown>): void;
 }
@@ -259,6 +261,22 @@ export class Volume implements BlockDevice {
 
   // ---- trim and zero ------------------------------------------------------------------------
 
+  /**
+   * Change tracking: marks `extents` changed ahead of a writer that is about to change them all
+   * (a writeback restore), and waits once for the marks to be durable. Each first write would
+   * otherwise wait for a commit of its own: a writeback restore of 16,384 extents into a volume
+   * just backed up took 7 s instead of 0.5 s. Without change tracking, nothing to do.
+   */
+  async markChanging(extents: Iterable<number>): Promise<void> {
+    if (!this.changes) return;
+    let wait = false;
+    for (const extent of extents) {
+      assert(extent >= 0 && extent * this.extentBytes < this.sizeBytes, 'marked extents are inside the volume');
+      if (this.changes.needsDurable(extent, extent)) wait = true;
+    }
+    if (wait) await this.#context.syncChangeMarks();
+  }
+
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     this.#checkWritable(offsetBytes, lengthBytes);
     for (let blocker = this.#changeBlocker(offsetBytes, lengthBytes); blocker; blocker = this.#changeBlocker(offsetBytes, lengthBytes)) await blocker;
@@ -412,7 +430,7 @@ export class Volume implements BlockDevice {
     if (pending || !this.changes || lengthBytes === 0) return pending;
     const first = Math.floor(offsetBytes / this.extentBytes);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / this.extentBytes);
-    return this.changes.needsDurable(first, last) ? this.#context.sync() : undefined;
+    return this.changes.needsDurable(first, last) ? this.#context.syncChangeMarks() : undefined;
   }
 
   #pendingInitializing(offsetBytes: number, lengthBytes: number): Promise<void> | undefined {

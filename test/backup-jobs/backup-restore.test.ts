@@ -11,6 +11,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { openStorageArray, type StorageArray } from '../../src/array/array.js';
 import { silentLogger } from '../../src/lib/log.js';
 import { KiB, MiB } from '../../src/lib/sizes.js';
@@ -118,6 +119,66 @@ describe('backup and restore', () => {
     assert.equal((await job(second.jobId!)).state, 'succeeded');
     assert.equal(array.backups.show(second.id).extents, 1);
     assert.equal(array.backups.show(second.id).parentId, incremental.id);
+  });
+
+  test('a writeback restore into a tracked volume marks its extents in one commit, not one per extent', async () => {
+    const pointInTime = await makeSource();
+    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
+    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    const volume = array.volume('vm');
+    await volume.write(10 * MiB, pattern(EXTENT, 30), { fua: false }); // to be trimmed by the restore
+    await array.sync();
+    const commitsBefore = array.committer.commitCount;
+    const writeback = await array.backups.restore({ source: full.id, to: 'vm', method: 'writeback', create: false });
+    assert.equal((await job(writeback.jobId)).state, 'succeeded');
+    const commits = array.committer.commitCount - commitsBefore;
+    const restoredExtents = array.backups.show(full.id).extents!;
+    assert.equal(restoredExtents, 38);
+    assert.ok(commits <= 4, `${commits} commits for a restore of ${restoredExtents} extents (one per first write would be ${restoredExtents})`);
+    assertSameBytes(await volume.read(0, SIZE), pointInTime, 'writeback');
+    // The marks are all there: the next incremental holds every extent the restore wrote.
+    const incremental = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'inc.tbk')}`, incremental: true });
+    assert.equal((await job(incremental.jobId!)).state, 'succeeded');
+    assert.equal(array.backups.show(incremental.id).extents, restoredExtents);
+  });
+
+  test('a first write after a backup waits for its mark alone: in the metadata before the write returns, no data sync', async () => {
+    await makeSource();
+    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
+    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    await array.sync();
+    const volume = array.volume('vm');
+    const reader = new Database(path.join(home, 'meta.db'), { readonly: true });
+    try {
+      const markedExtents = (): number[] => {
+        const rows = reader.prepare("SELECT page_index, bits FROM change_pages WHERE volume_id = ? AND slot = 'current'").all(volume.row.id) as Array<{ page_index: number; bits: Buffer }>;
+        const extents: number[] = [];
+        for (const { page_index: pageIndex, bits } of rows) {
+          for (let bit = 0; bit < bits.length * 8; bit++) if ((bits[bit >> 3]! >> (bit & 7)) & 1) extents.push(pageIndex * bits.length * 8 + bit);
+        }
+        return extents;
+      };
+      assert.deepEqual(markedExtents(), []);
+      const commitsBefore = array.committer.commitCount;
+      const markCommitsBefore = array.committer.changeMarkCommitCount;
+      await volume.write(7 * EXTENT + 100, pattern(10, 40), { fua: false });
+      assert.deepEqual(markedExtents(), [7], 'the mark was committed before the write returned');
+      assert.equal(array.committer.changeMarkCommitCount - markCommitsBefore, 1);
+      assert.equal(array.committer.commitCount, commitsBefore, 'no full commit (no fdatasync of the pool) for a mark');
+      // A second write to the same extent needs nothing more.
+      await volume.write(7 * EXTENT + 200, pattern(10, 41), { fua: false });
+      assert.equal(array.committer.changeMarkCommitCount - markCommitsBefore, 1);
+      // Marks of writes issued together share one commit (the first one's, or the one queued after it).
+      await Promise.all([8, 9, 10, 11].map((extent) => volume.write(extent * EXTENT, pattern(10, extent), { fua: false })));
+      assert.deepEqual(markedExtents(), [7, 8, 9, 10, 11]);
+      assert.ok(array.committer.changeMarkCommitCount - markCommitsBefore <= 3);
+      // A FLUSH (full sync) asked for while a mark commit runs still gets a full commit.
+      const marking = volume.write(12 * EXTENT, pattern(10, 12), { fua: false });
+      await Promise.all([marking, array.sync()]);
+      assert.equal(array.committer.commitCount, commitsBefore + 1);
+    } finally {
+      reader.close();
+    }
   });
 
   test('a backup cancelled while queued leaves nothing behind: entry failed, view dropped, its changes go to the next incremental', async () => {
