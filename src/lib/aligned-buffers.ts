@@ -8,27 +8,48 @@
  * pages are 64 KiB), so it always starts on a page boundary: the buffers here are slices of one.
  * A WeakSet remembers those backing stores, so a writer can tell an aligned buffer from any other
  * without trusting the caller.
+ *
+ * The buffers are recycled, never freed: each WebAssembly.Memory reserves gigabytes of address
+ * space for its guard regions (V8 caps the total near 1 TiB), and a fresh one per backup made the
+ * collector run to give them back. Memory held is therefore the peak in use at once — a few
+ * staging chunks per running backup.
  */
 import { assert } from './assert.js';
-import { KiB } from './sizes.js';
+import { KiB, MiB } from './sizes.js';
 
 /** What O_DIRECT asks of memory, offsets and lengths: the largest logical block in use (4Kn disks). */
 export const DIRECT_IO_ALIGNMENT_BYTES = 4 * KiB;
 
 const WASM_PAGE_BYTES = 64 * KiB;
-const alignedBackingStores = new WeakSet<ArrayBufferLike>();
+/** Buffers are carved from memories of at least this size (one memory for small buffers). */
+const SLAB_BYTES_MIN = 16 * MiB;
 
-/**
- * `count` zero-filled buffers of `bytesEach` (a multiple of 64 KiB), each starting on a page
- * boundary. They share one backing store, freed when the last of them is collected.
- */
-export function allocateAlignedBuffers(count: number, bytesEach: number): Buffer[] {
-  assert(Number.isSafeInteger(count) && count > 0, 'aligned buffers: count > 0');
-  assert(Number.isSafeInteger(bytesEach) && bytesEach > 0 && bytesEach % WASM_PAGE_BYTES === 0, 'aligned buffers: size is a whole number of 64 KiB pages');
-  const memory = new WebAssembly.Memory({ initial: (count * bytesEach) / WASM_PAGE_BYTES });
-  alignedBackingStores.add(memory.buffer);
-  const whole = Buffer.from(memory.buffer);
-  return Array.from({ length: count }, (_, index) => whole.subarray(index * bytesEach, (index + 1) * bytesEach));
+const alignedBackingStores = new WeakSet<ArrayBufferLike>();
+/** Idle buffers by size. */
+const idleBySize = new Map<number, Buffer[]>();
+/** Buffers handed out and not given back: release() takes only these, and each once. */
+const outstanding = new Set<Buffer>();
+
+/** A page-aligned buffer of `bytes` (a whole number of 64 KiB pages), contents undefined. Give it back with releaseAlignedBuffer. */
+export function acquireAlignedBuffer(bytes: number): Buffer {
+  assert(Number.isSafeInteger(bytes) && bytes > 0 && bytes % WASM_PAGE_BYTES === 0, 'aligned buffers: size is a whole number of 64 KiB pages');
+  let idle = idleBySize.get(bytes);
+  if (!idle) idleBySize.set(bytes, (idle = []));
+  if (idle.length === 0) idle.push(...carveSlab(bytes));
+  const buffer = idle.pop()!;
+  outstanding.add(buffer);
+  return buffer;
+}
+
+/** Gives back a buffer from acquireAlignedBuffer, whole; it must not be used afterwards. */
+export function releaseAlignedBuffer(buffer: Buffer): void {
+  assert(outstanding.delete(buffer), 'aligned buffers: released once, and only what was acquired');
+  idleBySize.get(buffer.length)!.push(buffer);
+}
+
+/** Buffers handed out and not given back (tests check that writers give back what they took). */
+export function alignedBuffersInUse(): number {
+  return outstanding.size;
 }
 
 /** True when `buffer` can be written with O_DIRECT as it is: aligned memory, aligned length. */
@@ -37,4 +58,12 @@ export function isDirectIoReady(buffer: Uint8Array): boolean {
     && buffer.byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0
     && buffer.byteLength % DIRECT_IO_ALIGNMENT_BYTES === 0
     && buffer.byteLength > 0;
+}
+
+function carveSlab(bytesEach: number): Buffer[] {
+  const count = Math.max(1, Math.floor(SLAB_BYTES_MIN / bytesEach));
+  const memory = new WebAssembly.Memory({ initial: (count * bytesEach) / WASM_PAGE_BYTES });
+  alignedBackingStores.add(memory.buffer);
+  const whole = Buffer.from(memory.buffer);
+  return Array.from({ length: count }, (_, index) => whole.subarray(index * bytesEach, (index + 1) * bytesEach));
 }

@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DirectFileWriter } from '../../src/backup/media/direct-file-writer.js';
-import { allocateAlignedBuffers, isDirectIoReady } from '../../src/lib/aligned-buffers.js';
+import { acquireAlignedBuffer, isDirectIoReady, releaseAlignedBuffer } from '../../src/lib/aligned-buffers.js';
 import { ThinError } from '../../src/lib/errors.js';
 
 const KiB = 1024;
@@ -22,9 +22,9 @@ before(() => {
 });
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-/** Aligned buffers filled with random bytes. */
+/** Aligned buffers filled with random bytes (never given back: each test's data stays its own). */
 function alignedRandom(count: number, bytesEach: number): Buffer[] {
-  return allocateAlignedBuffers(count, bytesEach).map((buffer) => crypto.randomFillSync(buffer));
+  return Array.from({ length: count }, () => crypto.randomFillSync(acquireAlignedBuffer(bytesEach)));
 }
 
 async function openNew(name: string): Promise<DirectFileWriter> {
@@ -34,16 +34,30 @@ async function openNew(name: string): Promise<DirectFileWriter> {
 }
 
 describe('aligned buffers', () => {
-  test('slices of one aligned store are recognised; ordinary buffers and unaligned slices are not', () => {
-    const [first, second] = allocateAlignedBuffers(2, 64 * KiB);
-    assert.equal(first!.length, 64 * KiB);
-    assert.ok(isDirectIoReady(first!) && isDirectIoReady(second!));
-    assert.ok(isDirectIoReady(first!.subarray(4 * KiB, 12 * KiB)));
-    assert.ok(!isDirectIoReady(first!.subarray(512, 4608)), 'offset not a multiple of 4 KiB');
-    assert.ok(!isDirectIoReady(first!.subarray(0, 1000)), 'length not a multiple of 4 KiB');
-    assert.ok(!isDirectIoReady(first!.subarray(0, 0)), 'empty');
+  test('aligned buffers and aligned slices are recognised; ordinary buffers and unaligned slices are not', () => {
+    const first = acquireAlignedBuffer(64 * KiB);
+    const second = acquireAlignedBuffer(64 * KiB);
+    assert.equal(first.length, 64 * KiB);
+    assert.ok(isDirectIoReady(first) && isDirectIoReady(second));
+    assert.ok(isDirectIoReady(first.subarray(4 * KiB, 12 * KiB)));
+    assert.ok(!isDirectIoReady(first.subarray(512, 4608)), 'offset not a multiple of 4 KiB');
+    assert.ok(!isDirectIoReady(first.subarray(0, 1000)), 'length not a multiple of 4 KiB');
+    assert.ok(!isDirectIoReady(first.subarray(0, 0)), 'empty');
     assert.ok(!isDirectIoReady(Buffer.allocUnsafeSlow(64 * KiB)), 'an ordinary Buffer');
-    assert.throws(() => allocateAlignedBuffers(1, 1000), /64 KiB pages/);
+    assert.throws(() => acquireAlignedBuffer(1000), /64 KiB pages/);
+    releaseAlignedBuffer(first);
+    releaseAlignedBuffer(second);
+  });
+
+  test('buffers are recycled; a double release or a foreign buffer is refused', () => {
+    const buffer = acquireAlignedBuffer(128 * KiB);
+    releaseAlignedBuffer(buffer);
+    const again = acquireAlignedBuffer(128 * KiB);
+    assert.equal(again, buffer, 'the idle buffer is handed out again');
+    assert.notEqual(acquireAlignedBuffer(128 * KiB), again, 'one in use is not');
+    releaseAlignedBuffer(again);
+    assert.throws(() => releaseAlignedBuffer(again), /released once/);
+    assert.throws(() => releaseAlignedBuffer(Buffer.alloc(128 * KiB)), /only what was acquired/);
   });
 });
 

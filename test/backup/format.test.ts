@@ -12,6 +12,7 @@ import { BackupCorruptError } from '../../src/backup/format/corrupt.js';
 import { inspectStream } from '../../src/backup/format/inspect.js';
 import { allocationRunsFromExtents, extentsOfRuns } from '../../src/backup/format/header.js';
 import { ThinError } from '../../src/lib/errors.js';
+import { alignedBuffersInUse } from '../../src/lib/aligned-buffers.js';
 import { MemoryReader, MemoryWriter, readAndCheck, seededRandom, streamBytesOf, testVolume, walkFrames, writeStream, type FramePart, type TestVolume } from './helpers.js';
 
 async function readWhole(bytes: Buffer, chunkBytesMax = 70_000): Promise<void> {
@@ -102,10 +103,12 @@ describe('backup stream round trips', () => {
   test('the writer streams through bounded, reused buffers', async () => {
     const volume = testVolume({ extentCount: 2000, mappedFraction: 1, extentBytes: 65536, seed: 5 });
     const medium = new MemoryWriter();
+    const inUseBefore = alignedBuffersInUse();
     await writeStream(medium, volume);
     // Every write but the last is one staging buffer, and the medium is closed.
     assert.ok(medium.chunks.slice(0, -1).every((c) => c.length === 1 << 20));
     assert.ok(medium.closed);
+    assert.equal(alignedBuffersInUse(), inUseBefore, 'the staging buffers went back to be recycled');
   });
 });
 
@@ -144,12 +147,16 @@ describe('writer refuses misuse', () => {
     failing.write = async () => {
       throw new ThinError('NO_SPACE', 'medium full');
     };
+    const inUseBefore = alignedBuffersInUse();
     const writer = new BackupStreamWriter(failing, volume.fields);
     await writer.writeHeader();
     await assert.rejects(async () => {
       for (const extent of volume.fields.correspondence as Float64Array) await writer.writeExtent(extent, volume.dataOf(extent));
       await writer.finish();
     }, (error: ThinError) => error.code === 'NO_SPACE');
+    assert.ok(alignedBuffersInUse() > inUseBefore);
+    await writer.abort();
+    assert.equal(alignedBuffersInUse(), inUseBefore, 'abort gives the staging buffers back');
   });
 });
 

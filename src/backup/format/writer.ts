@@ -6,7 +6,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ThinError } from '../../lib/errors.js';
 import { assert } from '../../lib/assert.js';
-import { allocateAlignedBuffers } from '../../lib/aligned-buffers.js';
+import { acquireAlignedBuffer, releaseAlignedBuffer } from '../../lib/aligned-buffers.js';
 import type { MediumWriter } from '../media/medium.js';
 import { BACKUP_LIMITS } from './limits.js';
 import { countsOf, findHeaderProblem, recordBytesFor, renderHeadPayload, type BackupHeaderFields } from './header.js';
@@ -51,13 +51,15 @@ export class BackupStreamWriter {
   readonly #streamDigest: Hash = createHash(DIGEST_ALGORITHM);
   /** Digest of the header bytes (preamble through CORR) for HEND; null once the header is written. */
   #headerDigest: Hash | null = createHash(DIGEST_ALGORITHM);
+  /**
+   * The chunk being filled. Staging chunks are page-aligned, so a medium that writes with O_DIRECT
+   * (DirectFileWriter) sends every full one to the device without copying it; they are recycled
+   * (src/lib/aligned-buffers.ts) once no write of them can still be running: at finish or abort.
+   */
   #staging: Buffer;
   #stagedBytes = 0;
-  /**
-   * Staging buffers not in use. They are page-aligned, so a medium that writes with O_DIRECT
-   * (DirectFileWriter) sends every full chunk to the device without copying it.
-   */
-  readonly #freeStaging: Buffer[];
+  /** Every staging chunk this writer took (the one being filled, those in flight, those free again). */
+  readonly #stagingOwned: Buffer[] = [];
   readonly #inFlight: Dispatched[] = [];
   #failure: unknown = null;
   /** A call is staging bytes: calls must come one at a time (each awaited), or frames would interleave. */
@@ -71,8 +73,7 @@ export class BackupStreamWriter {
     const counts = countsOf(fields);
     this.#expectedDataBytes = counts.dataBytes;
     this.#mappedExtentCount = counts.mappedExtentCount;
-    this.#freeStaging = allocateAlignedBuffers(BACKUP_LIMITS.writeChunksInFlightMax + 1, BACKUP_LIMITS.writeChunkBytes);
-    this.#staging = this.#freeStaging.pop()!;
+    this.#staging = this.#takeStaging();
   }
 
   get recordsWritten(): number {
@@ -139,6 +140,7 @@ export class BackupStreamWriter {
       await this.#appendFrame(TAG.trailer, payload, 0, 0, 'payload');
       await this.#dispatch(false);
       await Promise.all(this.#inFlight.map((d) => d.done));
+      this.#giveBackStaging();
       this.#throwIfFailed();
       await this.#medium.close();
       this.#state = 'finished';
@@ -151,7 +153,20 @@ export class BackupStreamWriter {
     if (this.#state === 'finished') return;
     this.#state = 'failed';
     await Promise.all(this.#inFlight.map((d) => d.done));
+    // A call still staging bytes (abort without awaiting it) may touch the chunks: leave them to it.
+    if (!this.#busy) this.#giveBackStaging();
     await this.#medium.abort();
+  }
+
+  #takeStaging(): Buffer {
+    const buffer = acquireAlignedBuffer(BACKUP_LIMITS.writeChunkBytes);
+    this.#stagingOwned.push(buffer);
+    return buffer;
+  }
+
+  /** Only once no medium write can still read them. */
+  #giveBackStaging(): void {
+    for (const buffer of this.#stagingOwned.splice(0)) releaseAlignedBuffer(buffer);
   }
 
   #expectState(state: 'new' | 'data', operation: string): void {
@@ -218,9 +233,8 @@ export class BackupStreamWriter {
     }
     this.#stagedBytes = 0;
     if (!needNext) return;
-    const free = this.#freeStaging.pop();
-    if (free) {
-      this.#staging = free;
+    if (this.#inFlight.length < BACKUP_LIMITS.writeChunksInFlightMax) {
+      this.#staging = this.#takeStaging();
     } else {
       const oldest = this.#inFlight.shift()!;
       await oldest.done;
