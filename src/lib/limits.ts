@@ -165,8 +165,14 @@ export const LIMITS = {
      * A reader of a variable-block tape needs a read buffer at least this big.
      */
     writeChunkBytes: 1 * MiB,
-    /** Chunks handed to the medium and not yet written: with the one being filled, the writer holds at most 5 MiB. */
-    writeChunksInFlightMax: 4,
+    /**
+     * Chunks handed to the medium and not yet written: with the one being filled, the writer holds
+     * at most 9 MiB. Enough for two gathered O_DIRECT writes (below) while the next is filled.
+     */
+    writeChunksInFlightMax: 8,
+    /** DirectFileWriter: waiting chunks gathered into one O_DIRECT pwritev up to this, and such writes at once. */
+    directWriteBytesMax: 4 * MiB,
+    directWritesInFlightMax: 2,
     /**
      * File media (and restores, for the pool) start a background fdatasync after the first
      * syncBehindFirstBytes written, then after twice as much, … up to every syncBehindBytes (see WriteBehind).
