@@ -36,6 +36,8 @@ export interface OpenOptions {
   extentBytes?: number;
   /** Jobs run at once (default LIMITS.jobsRunningMax); tests lower it to make a job wait queued. */
   jobsRunningMax?: number;
+  /** Background commit interval (default LIMITS.commitIntervalMs); tests that count commits raise it. */
+  commitIntervalMs?: number;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -77,7 +79,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
   readonly #commitTimer: NodeJS.Timeout;
   #closed = false;
 
-  private constructor(home: string, store: MetaStore, pool: Pool, logger: Logger, jobsRunningMax: number | undefined) {
+  private constructor(home: string, store: MetaStore, pool: Pool, logger: Logger, jobsRunningMax: number | undefined, commitIntervalMs: number) {
     this.home = home;
     this.store = store;
     this.pool = pool;
@@ -91,7 +93,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
       trackWrite: (write) => this.committer.trackWrite(write),
     };
     // Bounds the work lost to a crash when clients never flush; FLUSH/FUA commit at once.
-    this.#commitTimer = setInterval(() => this.#backgroundCommit(), LIMITS.commitIntervalMs);
+    this.#commitTimer = setInterval(() => this.#backgroundCommit(), commitIntervalMs);
     this.#commitTimer.unref();
   }
 
@@ -101,7 +103,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     try {
       const { poolUuid, extentBytes } = initPoolSettings(store, options.extentBytes);
       const pool = Pool.open(store, options.logger, extentBytes, poolUuid);
-      const array = new StorageArray(options.home, store, pool, options.logger, options.jobsRunningMax);
+      const array = new StorageArray(options.home, store, pool, options.logger, options.jobsRunningMax, options.commitIntervalMs ?? LIMITS.commitIntervalMs);
       if (pool.extentsTotal === 0 && store.listDisks().length === 0) {
         pool.addDisk(path.join(options.home, 'pool', 'disk0.img'), options.poolFileBytes ?? LIMITS.defaultPoolFileBytes);
       }

@@ -153,7 +153,9 @@ export class BackupStreamWriter {
     if (this.#state === 'finished') return;
     this.#state = 'failed';
     await Promise.all(this.#inFlight.map((d) => d.done));
-    // A call still staging bytes (abort without awaiting it) may touch the chunks: leave them to it.
+    // A call still staging bytes (abort without awaiting it) may still hand a chunk to the medium:
+    // its chunks then stay out of the pool for good (a few MiB), rather than be handed to another
+    // backup while a write may still read them. The backup job never aborts a call under way.
     if (!this.#busy) this.#giveBackStaging();
     await this.#medium.abort();
   }

@@ -1,24 +1,28 @@
 /**
- * file:PATH when PATH is (or will be) a regular file: the stream is written with O_DIRECT, in
- * order, each chunk at the offset where the previous one ended (never a seek back, never a
- * rewrite), then fdatasync'ed once at close.
+ * file:PATH when PATH is (or will be) a regular file: the stream is written with O_DIRECT where
+ * the filesystem allows it, each chunk at the offset where the previous one ended (never a seek
+ * back, never a rewrite), then fdatasync'ed at close.
  *
  * Why O_DIRECT for backup media:
  * - A backup is read once, much later. Written through the page cache, 1 GiB of backup would push
  *   1 GiB of the hosts' hot data out of memory, and then cost CPU to write back: on this 2-core
- *   machine the kernel's writeback competed with the backup itself (1.15–1.4 s to write 1 GiB
- *   durably with 4 writes in flight, 0.65–0.77 s with O_DIRECT, one 1–4 MiB write at a time).
+ *   machine the kernel's writeback competed with the backup itself (1 GiB made durable in
+ *   1.15–1.4 s with 4 writes in flight through the cache; 0.65–0.77 s with O_DIRECT).
  * - The stream writer already stages the stream into fixed-size chunks: when they are page-aligned
  *   (src/lib/aligned-buffers.ts) they go to the device as they are, with no copy into the cache.
  * - Chunks waiting their turn are gathered into one pwritev of up to directWriteBytesMax, and
- *   directWritesInFlightMax of those run at once, at their own offsets: this virtual disk wrote
- *   1 GiB in 0.75 s that way (median of 5), 0.98 s one 1 MiB write at a time.
+ *   directWritesInFlightMax of those run at once, each at its own offset (in one run of 5
+ *   alternating repetitions: 1 GiB in 0.75 s that way, 0.98 s one 1 MiB write at a time). So when
+ *   a write fails, or the daemon dies, a later chunk may be on the file after an earlier one
+ *   that is not: a reader then reports the damage at the hole (a bad frame), not a truncation.
  *
- * What cannot go direct goes through a second, ordinary descriptor of the same file (reopened
- * through /proc/self/fd, so it is the same inode even if the path was renamed meanwhile): a chunk
- * whose memory or length is not aligned (the stream's last chunk), every chunk after an unaligned
- * offset, and everything after the filesystem refused an O_DIRECT write (EINVAL). The final
- * fdatasync makes both kinds durable: it syncs the file, whichever descriptor wrote to it.
+ * The file is created, or truncated, through an ordinary descriptor, then reopened with O_DIRECT
+ * through /proc/self/fd (the same inode even if the path was renamed meanwhile). Not
+ * O_CREAT|O_DIRECT at once: Linux creates the file before it checks O_DIRECT, so on a filesystem
+ * that refuses it the open would fail and leave the file behind. What cannot go direct goes
+ * through the ordinary descriptor: a chunk whose memory or length is not aligned (the stream's last
+ * chunk), every chunk after an unaligned offset, and everything when the filesystem refused
+ * O_DIRECT (at the reopen, or EINVAL on a write). fdatasync on either descriptor syncs the file.
  */
 import fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -30,15 +34,16 @@ import { mediumError, type MediumWriter } from './medium.js';
 
 const fdatasync = promisify(fs.fdatasync);
 const closeDescriptor = promisify(fs.close);
+const openFile = (filePath: string, flags: string | number): Promise<number> => promisify(fs.open)(filePath, flags, 0o666);
 
 export class DirectFileWriter implements MediumWriter {
   readonly description: string;
-  /** Opened with O_DIRECT. */
-  readonly #directFd: number;
-  /** The same file without O_DIRECT, opened the first time it is needed. */
-  #bufferedFd: number | null = null;
+  /** The file through the page cache: created or truncated with it. */
+  readonly #bufferedFd: number;
+  /** The same file with O_DIRECT; null when the filesystem refused it (or it was not asked for). */
+  readonly #directFd: number | null;
   /** False once the filesystem refused an O_DIRECT write: everything after goes buffered. */
-  #directAllowed = true;
+  #directAllowed: boolean;
   /** Stream bytes handed to write() so far: the file offset of the next chunk. */
   #queuedBytes = 0;
   #bytesWritten = 0;
@@ -59,11 +64,13 @@ export class DirectFileWriter implements MediumWriter {
    */
   readonly #writeBehind: WriteBehind;
 
-  private constructor(directFd: number, description: string) {
+  private constructor(bufferedFd: number, directFd: number | null, description: string) {
+    this.#bufferedFd = bufferedFd;
     this.#directFd = directFd;
+    this.#directAllowed = directFd !== null;
     this.description = description;
     this.#writeBehind = new WriteBehind(
-      () => fdatasync(directFd).catch((error: unknown) => {
+      () => fdatasync(bufferedFd).catch((error: unknown) => {
         this.#error ??= mediumError(error, description, 'write');
       }),
       BACKUP_LIMITS.syncBehindBytes,
@@ -72,20 +79,26 @@ export class DirectFileWriter implements MediumWriter {
   }
 
   /**
-   * Opens `filePath` with O_DIRECT: created new (`create`, failing if something appeared there
-   * meanwhile) or truncated. Null when the filesystem does not do O_DIRECT at all (EINVAL at
-   * open): the caller then writes it through the page cache.
+   * Opens `filePath`: created new (`create`: failing if something appeared there meanwhile, a
+   * symlink included) or truncated, then reopened with O_DIRECT unless `directIo` is false (for
+   * filesystems where O_DIRECT is slow, and for tests of the buffered path).
    */
-  static async open(filePath: string, description: string, create: boolean): Promise<DirectFileWriter | null> {
-    const { O_WRONLY, O_CREAT, O_EXCL, O_TRUNC, O_DIRECT } = fs.constants;
-    const flags = O_WRONLY | O_DIRECT | (create ? O_CREAT | O_EXCL : O_TRUNC);
+  static async open(filePath: string, description: string, create: boolean, options: { directIo?: boolean } = {}): Promise<DirectFileWriter> {
+    let bufferedFd: number;
     try {
-      const fd = await promisify(fs.open)(filePath, flags, 0o666);
-      return new DirectFileWriter(fd, description);
+      bufferedFd = await openFile(filePath, create ? 'wx' : 'w');
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EINVAL') return null;
       throw mediumError(error, description, 'open');
     }
+    let directFd: number | null = null;
+    if (options.directIo !== false) {
+      try {
+        directFd = await openFile(`/proc/self/fd/${bufferedFd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+      } catch {
+        directFd = null; // EINVAL: this filesystem does not do O_DIRECT (or there is no /proc): the page cache it is
+      }
+    }
+    return new DirectFileWriter(bufferedFd, directFd, description);
   }
 
   get bytesWritten(): number {
@@ -108,12 +121,17 @@ export class DirectFileWriter implements MediumWriter {
   }
 
   async close(): Promise<void> {
+    if (this.#descriptorsClosed) {
+      // Closed already (or aborted): never fdatasync a descriptor number that may be someone else's now.
+      if (this.#error) throw this.#error;
+      return;
+    }
     this.#closed = true;
     await this.#allWritesEnded();
     await this.#writeBehind.settled();
     if (!this.#error) {
       try {
-        await fdatasync(this.#directFd);
+        await fdatasync(this.#bufferedFd);
       } catch (error) {
         this.#error = mediumError(error, this.description, 'write');
       }
@@ -188,7 +206,7 @@ export class DirectFileWriter implements MediumWriter {
   async #writeDirect(batch: PendingChunk[], bytes: number): Promise<void> {
     let done = 0;
     try {
-      done = await writevAt(this.#directFd, batch.map((pending) => pending.chunk), batch[0]!.offset);
+      done = await writevAt(this.#directFd!, batch.map((pending) => pending.chunk), batch[0]!.offset);
       this.#directBytes += done;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
@@ -199,7 +217,7 @@ export class DirectFileWriter implements MediumWriter {
 
   /** The batch's bytes from `skipBytes` on, through the buffered descriptor. */
   async #writeBuffered(batch: PendingChunk[], skipBytes: number): Promise<void> {
-    const fd = await this.#buffered();
+    const fd = this.#bufferedFd;
     for (const { chunk, offset } of batch) {
       for (let done = Math.min(skipBytes, chunk.length); done < chunk.length; ) done += await writevAt(fd, [chunk.subarray(done)], offset + done);
       skipBytes = Math.max(0, skipBytes - chunk.length);
@@ -211,17 +229,11 @@ export class DirectFileWriter implements MediumWriter {
     return new Promise((resolve) => this.#drained.push(resolve));
   }
 
-  async #buffered(): Promise<number> {
-    this.#bufferedFd ??= await promisify(fs.open)(`/proc/self/fd/${this.#directFd}`, fs.constants.O_WRONLY);
-    return this.#bufferedFd;
-  }
-
   /** Once only: a second close(2) of a number could close a descriptor opened since by someone else. */
   async #closeDescriptors(): Promise<void> {
     if (this.#descriptorsClosed) return;
     this.#descriptorsClosed = true;
     const descriptors = [this.#directFd, this.#bufferedFd].filter((fd): fd is number => fd !== null);
-    this.#bufferedFd = null;
     await Promise.all(descriptors.map((fd) => closeDescriptor(fd).catch(() => undefined)));
   }
 }

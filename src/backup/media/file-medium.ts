@@ -1,8 +1,9 @@
 /**
  * file:PATH — a plain file, a FIFO or a character device (tape), written and read strictly in
  * order: never a seek, never a rewrite. A FIFO or a tape is written through an fs stream (write(2)
- * at the current position); a plain file with O_DIRECT where the filesystem allows it
- * (direct-file-writer.ts), and fsync'ed before close. A FIFO or a device cannot be.
+ * at the current position) and cannot be made durable; a plain file is written by
+ * DirectFileWriter (O_DIRECT where the filesystem allows it) and fdatasync'ed before close.
+ * SequentialFileWriter also writes dir: cartridges (plain files, through the cache).
  */
 import fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -39,12 +40,8 @@ export async function openFileWriter(filePath: string, options: { overwrite?: bo
   const kind = await statMediumPath(filePath, description);
   if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
   // A new file is created with O_EXCL, failing if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
-  if (kind === null || kind === 'file') {
-    const direct = await DirectFileWriter.open(filePath, description, kind === null);
-    if (direct) return direct;
-  }
-  const flags = kind === null ? 'wx' : 'w';
-  return await SequentialFileWriter.open(filePath, description, flags, kind === null || kind === 'file');
+  if (kind === null || kind === 'file') return await DirectFileWriter.open(filePath, description, kind === null);
+  return await SequentialFileWriter.open(filePath, description, 'w', false);
 }
 
 export async function openFileReader(filePath: string): Promise<MediumReader> {
