@@ -23,7 +23,7 @@ import type { MetaStore } from '../meta/store.js';
 import type { Pool } from '../pool/pool.js';
 import type { Volume } from '../volume/volume.js';
 import type { MapPageSnapshot } from '../volume/allocation-map.js';
-import type { ChangePageSnapshot, ChangeTracker } from '../volume/change-tracker.js';
+import type { ChangeTracker } from '../volume/change-tracker.js';
 
 /** A metadata change that must become durable in the same transaction as the next commit's pages. */
 export type MetaOperation = (store: MetaStore) => void;
@@ -115,10 +115,7 @@ export class Committer {
     for (const volume of this.#volumes()) {
       if (volume.map.hasDirtyPages) mapSnapshots.push({ volume, pages: volume.map.captureDirty() });
     }
-    const changeSnapshots: Array<{ volume: Volume; capture: { pages: ChangePageSnapshot[]; replaceHeld: ChangePageSnapshot[] | undefined; replaceCurrent: boolean } }> = [];
-    for (const volume of this.#volumes()) {
-      if (volume.changes) changeSnapshots.push({ volume, capture: volume.changes.captureDirty() });
-    }
+    const changeSnapshots = this.#captureChanges();
     const operations = this.#pendingOperations;
     this.#pendingOperations = [];
     const writes = [...this.#inflightWrites];
@@ -149,16 +146,11 @@ export class Committer {
 
   /** Only the change-tracking pages, in a durable transaction; nothing else is captured or synced. */
   async #commitChangeMarks(): Promise<void> {
-    const changeSnapshots: Array<{ volume: Volume; capture: ReturnType<ChangeTracker['captureDirty']> }> = [];
-    for (const volume of this.#volumes()) {
-      if (volume.changes?.hasDirtyPages) changeSnapshots.push({ volume, capture: volume.changes.captureDirty() });
-    }
+    const changeSnapshots = this.#captureChanges();
     try {
-      if (changeSnapshots.length > 0) {
-        this.#store.transaction(() => {
-          for (const { volume, capture } of changeSnapshots) persistChanges(this.#store, volume.row.id, capture);
-        });
-      }
+      this.#store.transaction(() => {
+        for (const { volume, capture } of changeSnapshots) persistChanges(this.#store, volume.row.id, capture);
+      });
     } catch (error) {
       for (const { volume } of changeSnapshots) volume.changes?.commitFailed();
       this.#logger.error({ err: error }, 'commit of change-tracking marks failed; it will be retried');
@@ -167,11 +159,22 @@ export class Committer {
     for (const { volume } of changeSnapshots) volume.changes?.commitSucceeded();
     this.changeMarkCommitCount++;
   }
+
+  /** Every volume's change-tracking pages to write, for a commit of either kind. */
+  #captureChanges(): Array<{ volume: Volume; capture: ChangeCapture }> {
+    const snapshots: Array<{ volume: Volume; capture: ChangeCapture }> = [];
+    for (const volume of this.#volumes()) {
+      if (volume.changes) snapshots.push({ volume, capture: volume.changes.captureDirty() });
+    }
+    return snapshots;
+  }
 }
 
 type CommitKind = 'full' | 'marks';
 
-function persistChanges(store: MetaStore, volumeId: number, capture: { pages: ChangePageSnapshot[]; replaceHeld: ChangePageSnapshot[] | undefined; replaceCurrent: boolean }): void {
+type ChangeCapture = ReturnType<ChangeTracker['captureDirty']>;
+
+function persistChanges(store: MetaStore, volumeId: number, capture: ChangeCapture): void {
   if (capture.replaceCurrent) store.clearChangeSlot(volumeId, 'current');
   if (capture.replaceHeld) {
     store.clearChangeSlot(volumeId, 'held');

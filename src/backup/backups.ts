@@ -598,8 +598,8 @@ export class BackupManager {
     try {
       const mappedAtBackup = new Set(extentsOfRuns(header.allocationRuns));
       // One commit for every change-tracking mark the restore needs, not one per extent it writes or trims.
-      await volume.markChanging(header.correspondence);
-      await volume.markChanging([...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)].map(({ extentIndex }) => extentIndex).filter((extent) => !mappedAtBackup.has(extent)));
+      const toTrim = [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)].map(({ extentIndex }) => extentIndex).filter((extent) => !mappedAtBackup.has(extent));
+      await volume.markChanging([...header.correspondence, ...toTrim]);
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         writeBehind.note(record.data.length);
@@ -761,7 +761,6 @@ function requireExisting(medium: Medium): void {
 function viewName(backupId: string): string {
   return `${backupId}-view`;
 }
-
 
 /**
  * A restore's write-behind: background fdatasyncs of the pool as the restore goes on (WriteBehind), so

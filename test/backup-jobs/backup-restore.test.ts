@@ -52,6 +52,20 @@ describe('backup and restore', () => {
     return array.jobs.wait(jobId, 60_000);
   }
 
+  /** Closes the array and opens it again with these options (a lower job limit, a longer commit interval). */
+  async function reopen(options: { jobsRunningMax?: number; commitIntervalMs?: number } = {}): Promise<void> {
+    await array.close();
+    array = await openStorageArray({ home, logger: silentLogger(), poolFileBytes: 512 * MiB, mediaRoots: [media], ...options });
+    array.startJobs();
+  }
+
+  /** A full backup of vm to media/full.tbk, waited for. */
+  async function fullBackup(): Promise<{ id: string }> {
+    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
+    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    return full;
+  }
+
   async function makeSource(): Promise<Buffer> {
     await array.volumeCreate({ name: 'vm', sizeBytes: SIZE });
     const reference = Buffer.alloc(SIZE);
@@ -94,8 +108,7 @@ describe('backup and restore', () => {
 
   test('incremental backups stream only changed extents and restore through their chain', async () => {
     await makeSource();
-    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
-    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    const full = await fullBackup();
     const volume = array.volume('vm');
     await volume.write(MiB, pattern(2 * EXTENT, 20), { fua: false }); // new extents
     await volume.write(20 * MiB + 100, pattern(10, 21), { fua: false }); // a changed extent
@@ -112,9 +125,7 @@ describe('backup and restore', () => {
     assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
     assertSameBytes(await array.volume('again').read(0, SIZE), pointInTime, 'chain restore');
     // Reopened, tracking continues from the incremental: the next one holds only the later change.
-    await array.close();
-    array = await openStorageArray({ home, logger: silentLogger(), poolFileBytes: 512 * MiB, mediaRoots: [media] });
-    array.startJobs();
+    await reopen();
     const second = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'inc2.tbk')}`, incremental: true });
     assert.equal((await job(second.jobId!)).state, 'succeeded');
     assert.equal(array.backups.show(second.id).extents, 1);
@@ -123,8 +134,7 @@ describe('backup and restore', () => {
 
   test('a writeback restore into a tracked volume marks its extents in one commit, not one per extent', async () => {
     const pointInTime = await makeSource();
-    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
-    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    const full = await fullBackup();
     const volume = array.volume('vm');
     await volume.write(10 * MiB, pattern(EXTENT, 30), { fua: false }); // to be trimmed by the restore
     await array.sync();
@@ -144,12 +154,9 @@ describe('backup and restore', () => {
 
   test('a first write after a backup waits for its mark alone: in the metadata before the write returns, no data sync', async () => {
     // No background commit in the middle of the counts.
-    await array.close();
-    array = await openStorageArray({ home, logger: silentLogger(), poolFileBytes: 512 * MiB, mediaRoots: [media], commitIntervalMs: 3_600_000 });
-    array.startJobs();
+    await reopen({ commitIntervalMs: 3_600_000 });
     await makeSource();
-    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
-    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    await fullBackup();
     await array.sync();
     const volume = array.volume('vm');
     const reader = new Database(path.join(home, 'meta.db'), { readonly: true });
@@ -187,12 +194,9 @@ describe('backup and restore', () => {
 
   test('a backup cancelled while queued leaves nothing behind: entry failed, view dropped, its changes go to the next incremental', async () => {
     // One job at a time, so the second backup waits queued behind one blocked on a FIFO with no reader.
-    await array.close();
-    array = await openStorageArray({ home, logger: silentLogger(), poolFileBytes: 512 * MiB, mediaRoots: [media], jobsRunningMax: 1 });
-    array.startJobs();
+    await reopen({ jobsRunningMax: 1 });
     await makeSource();
-    const full = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'full.tbk')}` });
-    assert.equal((await job(full.jobId!)).state, 'succeeded');
+    const full = await fullBackup();
     await array.volume('vm').write(MiB, pattern(2 * EXTENT, 30), { fua: false }); // two changed extents
 
     await array.volumeCreate({ name: 'other', sizeBytes: SIZE });

@@ -65,11 +65,16 @@ const small = (index: number, extra: Partial<Run> = {}): Run => ({ index, bytes:
 const large = (index: number): Run => ({ index, bytes: 1024 * 1024 });
 const names = (runs: Run[]): string[] => runs.map((run) => `run ${run.index}`);
 
+/** A RunReader over `runs` with fake reads (fakeReads): the reader and the fake that records them. */
+function readerOver(runs: Run[]): { reader: RunReader<Run>; fake: ReturnType<typeof fakeReads> } {
+  const fake = fakeReads();
+  return { reader: new RunReader(runs, (run) => run.bytes, fake.read, fake.options), fake };
+}
+
 describe('RunReader', () => {
   test('small runs that hit the page cache are all read synchronously, in order', async () => {
     const runs = Array.from({ length: 20 }, (_, i) => small(i));
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     assert.deepEqual(await readAll(reader), names(runs));
     assert.ok(fake.log.every((entry) => entry.io === 'sync'));
     assert.equal(reader.syncReads, 20);
@@ -78,8 +83,7 @@ describe('RunReader', () => {
 
   test('large runs always go to the thread pool, at most inFlightMax ahead, and come back in order', async () => {
     const runs = Array.from({ length: 12 }, (_, i) => large(i));
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     assert.deepEqual(await readAll(reader), names(runs));
     assert.ok(fake.log.every((entry) => entry.io === 'thread-pool'));
     assert.equal(fake.inFlightPeak(), fake.options.inFlightMax);
@@ -87,8 +91,7 @@ describe('RunReader', () => {
 
   test('slow reads further apart than the window change nothing (the VM took the CPU, not a cache miss)', async () => {
     const runs = Array.from({ length: 16 }, (_, i) => small(i, i === 2 || i === 6 || i === 10 ? { slowMs: 10 } : {}));
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     assert.deepEqual(await readAll(reader), names(runs));
     assert.ok(fake.log.every((entry) => entry.io === 'sync'));
   });
@@ -96,8 +99,7 @@ describe('RunReader', () => {
   /** 16 small runs, the given ones slow: runs 0–2 must be synchronous, the switch after run 2, a probe after the thread-pool runs. */
   async function expectSwitchAfterRun2(slowRuns: number[]): Promise<void> {
     const runs = Array.from({ length: 16 }, (_, i) => small(i, slowRuns.includes(i) ? { slowMs: 10 } : {}));
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     assert.deepEqual(await readAll(reader), names(runs));
     const ioOf = (index: number): ReadIo => fake.log.find((entry) => entry.index === index)!.io;
     const probeAt = 3 + fake.options.threadPoolRunsAfterMiss;
@@ -116,8 +118,7 @@ describe('RunReader', () => {
 
   test('mixed sizes: large runs are read ahead while small ones stay synchronous', async () => {
     const runs = [small(0), large(1), large(2), small(3), small(4), large(5), small(6)];
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     assert.deepEqual(await readAll(reader), names(runs));
     for (const entry of fake.log) assert.equal(entry.io, runs[entry.index]!.bytes > fake.options.syncRunBytesMax ? 'thread-pool' : 'sync', `run ${entry.index}`);
   });
@@ -125,8 +126,7 @@ describe('RunReader', () => {
   test('a failed read rejects at its own place; settle() waits for the reads still in flight', async () => {
     // The failing read ends at once, the ones started after it take long: they are surely still running.
     const runs = Array.from({ length: 10 }, (_, i) => ({ ...large(i), ...(i === 4 ? { fails: true, delayMs: 1 } : i > 4 ? { delayMs: 50 } : {}) }));
-    const fake = fakeReads();
-    const reader = new RunReader(runs, (run) => run.bytes, fake.read, fake.options);
+    const { reader, fake } = readerOver(runs);
     const got: string[] = [];
     await assert.rejects(async () => {
       for (let data = reader.next(); data; data = reader.next()) got.push((await data).toString());
@@ -139,7 +139,7 @@ describe('RunReader', () => {
 
   test('a failed synchronous read rejects at its place too', async () => {
     const runs = Array.from({ length: 6 }, (_, i) => small(i, i === 3 ? { fails: true } : {}));
-    const reader = new RunReader(runs, (run) => run.bytes, fakeReads().read, fakeReads().options);
+    const { reader } = readerOver(runs);
     const got: string[] = [];
     await assert.rejects(async () => {
       for (let data = reader.next(); data; data = reader.next()) got.push((await data).toString());
@@ -148,7 +148,7 @@ describe('RunReader', () => {
   });
 
   test('nothing to read: next() is undefined at once', () => {
-    const reader = new RunReader<Run>([], (run) => run.bytes, fakeReads().read, fakeReads().options);
+    const { reader } = readerOver([]);
     assert.equal(reader.next(), undefined);
   });
 });

@@ -28,9 +28,9 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { DIRECT_IO_ALIGNMENT_BYTES, isDirectIoReady } from '../../lib/aligned-buffers.js';
 import { ThinError } from '../../lib/errors.js';
-import { WriteBehind } from '../../lib/write-behind.js';
+import type { WriteBehind } from '../../lib/write-behind.js';
 import { BACKUP_LIMITS } from '../format/limits.js';
-import { mediumError, type MediumWriter } from './medium.js';
+import { fileMediumWriteBehind, mediumError, type MediumWriter } from './medium.js';
 
 const fdatasync = promisify(fs.fdatasync);
 const closeDescriptor = promisify(fs.close);
@@ -69,13 +69,7 @@ export class DirectFileWriter implements MediumWriter {
     this.#directFd = directFd;
     this.#directAllowed = directFd !== null;
     this.description = description;
-    this.#writeBehind = new WriteBehind(
-      () => fdatasync(bufferedFd).catch((error: unknown) => {
-        this.#error ??= mediumError(error, description, 'write');
-      }),
-      BACKUP_LIMITS.syncBehindBytes,
-      BACKUP_LIMITS.syncBehindFirstBytes,
-    );
+    this.#writeBehind = fileMediumWriteBehind(bufferedFd, description, (error) => (this.#error ??= error));
   }
 
   /**

@@ -3,8 +3,11 @@
  * seeks or rewrites, so the same code drives a plain file, a FIFO, a tape character device and
  * a set of cartridge files.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, messageOf } from '../../lib/errors.js';
+import { WriteBehind } from '../../lib/write-behind.js';
+import { BACKUP_LIMITS } from '../format/limits.js';
 
 export interface MediumWriter {
   /** For messages: "file:/path", "dir:/path (cartridge 3)". */
@@ -92,4 +95,20 @@ export function mediumError(error: unknown, description: string, operation: stri
     default:
       return new ThinError('IO_ERROR', `${description}: ${operation} failed: ${detail}`, { cause: error });
   }
+}
+
+/**
+ * A plain-file medium's write-behind: background fdatasyncs of `fd` from the first
+ * syncBehindFirstBytes up to every syncBehindBytes, so the one at close finds little left.
+ * A failure goes to `keep` as a medium error, for the writer to report at its next write or close:
+ * a backup is never called complete on it.
+ */
+export function fileMediumWriteBehind(fd: number, description: string, keep: (error: ThinError) => void): WriteBehind {
+  const sync = (): Promise<void> => new Promise((resolve) => {
+    fs.fdatasync(fd, (error) => {
+      if (error) keep(mediumError(error, description, 'write'));
+      resolve();
+    });
+  });
+  return new WriteBehind(sync, BACKUP_LIMITS.syncBehindBytes, BACKUP_LIMITS.syncBehindFirstBytes);
 }
