@@ -47,7 +47,9 @@ export class Bitmap {
     const startWord = Math.min(fromBit >>> 5, Math.max(wordCount - 1, 0));
     for (let step = 0; step <= wordCount; step++) {
       const wordIndex = (startWord + step) % wordCount;
-      const word = this.words[wordIndex]!;
+      // The first visit to the start word ignores the bits below fromBit; the wrap-around's second visit does not.
+      const ignoredLowBits = step === 0 ? fromBit & 31 : 0;
+      const word = (this.words[wordIndex]! | ((1 << ignoredLowBits) - 1)) >>> 0;
       if (word === 0xffff_ffff) continue;
       for (let bitInWord = 0; bitInWord < 32; bitInWord++) {
         const bit = wordIndex * 32 + bitInWord;

@@ -38,10 +38,16 @@ export class PoolDisk {
    */
   syncFailure: unknown = null;
   /**
-   * Where the next search for a free extent starts (next fit): allocation stays O(1) amortised on
-   * a large, mostly full disk, and consecutive allocations land next to each other.
+   * No extent below this one is allocatable (first fit). It moves up as extents are handed out
+   * and down when one becomes allocatable again, so a search never rescans the full low end:
+   * allocation stays O(1) amortised on a large, mostly full disk.
+   *
+   * First fit, not next fit: freed space is reused before space never written. A pool disk that
+   * is a sparse file then only grows as far as the data it holds at its peak (next fit walked
+   * through the whole file, allocating all of it even when little was in use), and a write to
+   * reused space overwrites blocks the filesystem already has rather than allocating new ones.
    */
-  cursor = 0;
+  lowestAllocatable = 0;
 
   constructor(row: DiskRow, fd: number, bitmap: Bitmap) {
     this.row = row;
@@ -245,19 +251,29 @@ export class Pool {
     throw new ThinError('NO_SPACE', 'the pool is full');
   }
 
-  /** Next clear bit from the disk's cursor that is not quarantined (quarantine holds few extents). */
+  /**
+   * The lowest clear bit that is not quarantined. Quarantined extents passed over stay below the
+   * disk's lowestAllocatable until their release lowers it again (#becameAllocatable).
+   */
   #findAllocatable(disk: PoolDisk): number {
-    let from = disk.cursor;
+    let from = disk.lowestAllocatable;
     for (let guard = 0; guard <= this.#quarantine.size; guard++) {
       const local = disk.bitmap.findClear(from);
       if (local < 0) return -1;
-      from = (local + 1) % disk.row.extentCount;
       if (!this.#quarantine.has(disk.row.firstExtent + local)) {
-        disk.cursor = from;
+        disk.lowestAllocatable = local + 1;
         return local;
       }
+      from = (local + 1) % disk.row.extentCount;
     }
     return -1;
+  }
+
+  /** `extent` left quarantine: the next allocation on its disk may take it. */
+  #becameAllocatable(extent: number): void {
+    this.#quarantine.delete(extent);
+    const disk = this.#diskOf(extent);
+    disk.lowestAllocatable = Math.min(disk.lowestAllocatable, extent - disk.row.firstExtent);
   }
 
   /** An extent no longer mapped by anyone; it becomes allocatable only after a commit. */
@@ -281,7 +297,7 @@ export class Pool {
       return;
     }
     this.#pinCounts.delete(extent);
-    if (this.#releaseWhenUnpinned.delete(extent)) this.#quarantine.delete(extent);
+    if (this.#releaseWhenUnpinned.delete(extent)) this.#becameAllocatable(extent);
   }
 
   /** Captures the bitmap pages and frees one commit will persist. Synchronous by design. */
@@ -315,7 +331,7 @@ export class Pool {
   afterCommit(snapshot: PoolCommitSnapshot): void {
     for (const extent of snapshot.frees) {
       if (this.#pinCounts.has(extent)) this.#releaseWhenUnpinned.add(extent);
-      else this.#quarantine.delete(extent);
+      else this.#becameAllocatable(extent);
     }
   }
 
