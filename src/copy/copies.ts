@@ -168,9 +168,12 @@ export class CopyManager {
     this.#sessions.set(row.id, session);
     // Still inside the synchronous setup: whatever the caller does here shares the point in time.
     atPointInTime?.(session);
-    // ---- Setup done. The list (megabytes for millions of extents) is written after it, in chunks
-    // between which the event loop serves I/O; a crash before it completes abandons the copy.
-    await this.#persistList(row.id, sourceExtents);
+    // ---- Setup done. A copy's list (megabytes for millions of extents) is written after it, in
+    // chunks between which the event loop serves I/O; a crash before it completes abandons the copy.
+    // A backup's view never outlives a restart (Backups.recover drops it), so its list is not
+    // written at all: reattach() drops a view without one the same way, and a backup of a volume
+    // of a million extents does not write 8 MB of metadata it will never read.
+    if (attr === 'user') await this.#persistList(row.id, sourceExtents);
     return session;
   }
 

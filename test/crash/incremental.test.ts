@@ -42,3 +42,42 @@ test('an incremental chain restores bit-exact after a kill -9 between the writes
   assert.equal(report.ok, true);
   fs.rmSync(expected, { force: true });
 });
+
+test('a backup cut by kill -9 while it streams ends failed after the restart; its view is gone and its changes go to the next incremental', { timeout: 180_000 }, async () => {
+  await requireTools(['qemu-io', 'qemu-img', 'nbdcopy']);
+  await daemon?.cleanup();
+  daemon = await startDaemon({ extraArgs: ['--pool-size', '1G'] });
+  const media = path.join(daemon.home, 'media');
+  const uri = (): string => daemon!.nbdUri('vm');
+  await daemon.cliJson(['volume', 'create', 'vm', '--size', '64M']);
+  await qemuIo(uri(), ['write -P 0x11 0 8M', 'flush']);
+  await daemon.cliJson(['backup', 'create', 'vm', '--to', `file:${path.join(media, 'full.tbk')}`]);
+  await qemuIo(uri(), ['write -f -P 0x22 40M 64k', 'write -f -P 0x33 1M 128k']);
+
+  // A FIFO nobody reads: the incremental takes its point in time, then its job waits on the medium.
+  const fifo = path.join(media, 'stuck.fifo');
+  await runOk('mkfifo', [fifo]);
+  const stuck = await daemon.cliJson<{ id: string; state: string }>(['backup', 'create', 'vm', '--incremental', '--to', `file:${fifo}`, '--no-wait']);
+  const volumesWhileRunning = (await daemon.cliJson<{ volumes: Array<{ name: string }> }>(['volume', 'list'])).volumes.map((volume) => volume.name);
+  await daemon.kill9();
+  await daemon.restart();
+
+  const cut = await daemon.cliJson<{ state: string; error: string | null }>(['backup', 'show', stuck.id]);
+  assert.equal(cut.state, 'failed');
+  assert.match(String(cut.error), /interrupted by a restart/);
+  const volumesAfter = (await daemon.cliJson<{ volumes: Array<{ name: string }> }>(['volume', 'list'])).volumes.map((volume) => volume.name);
+  assert.deepEqual(volumesAfter, volumesWhileRunning.filter((name) => !name.includes(stuck.id)), 'no volume of the cut backup is left');
+  const report = await daemon.cliJson<{ ok: boolean }>(['check']);
+  assert.equal(report.ok, true, 'no extent leaked or doubly used by the dropped view');
+
+  // The changes the cut backup had set aside are still owed: the next incremental streams them.
+  const expected = path.join(daemon.home, 'expected.raw');
+  await runOk('nbdcopy', [uri(), expected], { timeoutMs: 60_000 });
+  const incremental = await daemon.cliJson<{ id: string; kind: string; extents: number }>(['backup', 'create', 'vm', '--incremental', '--to', `file:${path.join(media, 'inc.tbk')}`]);
+  assert.equal(incremental.kind, 'incremental');
+  assert.ok(incremental.extents >= 3, `the 3 changed extents at least: ${incremental.extents}`);
+  await daemon.cliJson(['restore', incremental.id, '--to', 'restored', '--create', '--method', 'remap']);
+  const compare = await qemuImgCompare(expected, daemon.nbdUri('restored'));
+  assert.equal(compare.identical, true, compare.output);
+  fs.rmSync(expected, { force: true });
+});
