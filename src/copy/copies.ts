@@ -288,10 +288,10 @@ export class CopyManager {
       finishedAt: row.finishedAt, jobId: row.jobId, extentBytes: row.extentBytes, sourceCapacityBytes: row.sourceCapacityBytes,
       extentCount: row.extentCount, metadataExtents: row.metadataExtents, targetCapacityBytes: target?.sizeBytes ?? 0,
     };
-    if (withTable) {
-      const list = this.#copies.sourceExtents(row.id, row.extentCount);
-      info.correspondence = Array.from(list, (sourceExtent, i) => ({ x: i + 1, sourceExtent, sourceOffsetBytes: sourceExtent * row.extentBytes }));
-    }
+    // A running copy (or a backup's view, whose list is never stored) has its list in memory; a
+    // copy cut before its list was stored has none to show, rather than a table of zeros.
+    const list = withTable ? (this.#sessions.get(row.id)?.sourceExtents ?? (row.listComplete ? this.#copies.sourceExtents(row.id, row.extentCount) : undefined)) : undefined;
+    if (list) info.correspondence = Array.from(list, (sourceExtent, i) => ({ x: i + 1, sourceExtent, sourceOffsetBytes: sourceExtent * row.extentBytes }));
     return info;
   }
 }

@@ -43,6 +43,7 @@ export class Bitmap {
   /** First clear bit at or after `fromBit`, wrapping around once; -1 when every bit is set. */
   findClear(fromBit: number): number {
     if (this.#setCount >= this.bitCount) return -1;
+    if (fromBit >= this.bitCount) fromBit = 0; // past the end: the wrap-around, straight away
     const wordCount = this.words.length;
     const startWord = Math.min(fromBit >>> 5, Math.max(wordCount - 1, 0));
     for (let step = 0; step <= wordCount; step++) {

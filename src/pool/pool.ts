@@ -252,28 +252,31 @@ export class Pool {
   }
 
   /**
-   * The lowest clear bit that is not quarantined. Quarantined extents passed over stay below the
-   * disk's lowestAllocatable until their release lowers it again (#becameAllocatable).
+   * The lowest clear bit at or above the disk's lowestAllocatable that is not quarantined, or -1.
+   * Never wraps below the hint: nothing there is allocatable. Quarantined extents passed over
+   * stay below the hint until their release lowers it again (#becameAllocatable), so each is
+   * passed over once, not once per allocation.
    */
   #findAllocatable(disk: PoolDisk): number {
-    let from = disk.lowestAllocatable;
-    for (let guard = 0; guard <= this.#quarantine.size; guard++) {
+    for (let from = disk.lowestAllocatable; from < disk.row.extentCount; ) {
       const local = disk.bitmap.findClear(from);
-      if (local < 0) return -1;
+      if (local < from) break; // none at or above `from` (-1, or it wrapped around below)
       if (!this.#quarantine.has(disk.row.firstExtent + local)) {
         disk.lowestAllocatable = local + 1;
         return local;
       }
-      from = (local + 1) % disk.row.extentCount;
+      from = local + 1;
     }
+    disk.lowestAllocatable = disk.row.extentCount; // nothing allocatable until a release lowers it
     return -1;
   }
 
   /** `extent` left quarantine: the next allocation on its disk may take it. */
   #becameAllocatable(extent: number): void {
     this.#quarantine.delete(extent);
-    const disk = this.#diskOf(extent);
-    disk.lowestAllocatable = Math.min(disk.lowestAllocatable, extent - disk.row.firstExtent);
+    // Not #diskOf: a pin released after close() finds no disk, and has nothing to update.
+    const disk = this.#disks.find((candidate) => extent >= candidate.row.firstExtent && extent < candidate.row.firstExtent + candidate.row.extentCount);
+    if (disk) disk.lowestAllocatable = Math.min(disk.lowestAllocatable, extent - disk.row.firstExtent);
   }
 
   /** An extent no longer mapped by anyone; it becomes allocatable only after a commit. */

@@ -130,6 +130,10 @@ describe('point-in-time copies', () => {
     const session = await array.copies.createView('src', 'cor', (view) => (view.copyOnRead = true));
     const target = array.volume('cor');
     assert.equal(target.map.mappedCount, 0);
+    // A view's list is kept in memory only; copy show still gives its table (not one of zeros).
+    const shown = array.copyShow('cor', true).correspondence!.map((row) => row.sourceExtent);
+    assert.deepEqual(shown, Array.from(session.sourceExtents));
+    assert.deepEqual(shown.slice(0, 3), [3, 4, 10]);
     const metadataBytes = session.row.metadataExtents * EXTENT;
     const read = await target.read(metadataBytes, 3 * EXTENT); // X1..X3 = source extents 3, 4, 10
     assertSameBytes(read.subarray(0, 2 * EXTENT), pointInTime.subarray(3 * EXTENT, 5 * EXTENT), 'read through');

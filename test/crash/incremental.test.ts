@@ -43,7 +43,7 @@ test('an incremental chain restores bit-exact after a kill -9 between the writes
   fs.rmSync(expected, { force: true });
 });
 
-test('a backup cut by kill -9 while it streams ends failed after the restart; its view is gone and its changes go to the next incremental', { timeout: 180_000 }, async () => {
+test('a backup cut by kill -9 while its job waits on the medium ends failed after the restart; its view is gone and its changes go to the next incremental', { timeout: 180_000 }, async () => {
   await requireTools(['qemu-io', 'qemu-img', 'nbdcopy']);
   await daemon?.cleanup();
   daemon = await startDaemon({ extraArgs: ['--pool-size', '1G'] });
@@ -58,7 +58,11 @@ test('a backup cut by kill -9 while it streams ends failed after the restart; it
   const fifo = path.join(media, 'stuck.fifo');
   await runOk('mkfifo', [fifo]);
   const stuck = await daemon.cliJson<{ id: string; state: string }>(['backup', 'create', 'vm', '--incremental', '--to', `file:${fifo}`, '--no-wait']);
+  // A write to an extent of the point in time: its old physical extent is handed to the view, which
+  // the restart must then free (check below finds a leak or a double use).
+  await qemuIo(uri(), ['write -f -P 0x44 2M 64k']);
   const volumesWhileRunning = (await daemon.cliJson<{ volumes: Array<{ name: string }> }>(['volume', 'list'])).volumes.map((volume) => volume.name);
+  assert.ok(volumesWhileRunning.includes(`${stuck.id}-view`), `the view is there while the backup runs: ${volumesWhileRunning.join(', ')}`);
   await daemon.kill9();
   await daemon.restart();
 
@@ -75,7 +79,7 @@ test('a backup cut by kill -9 while it streams ends failed after the restart; it
   await runOk('nbdcopy', [uri(), expected], { timeoutMs: 60_000 });
   const incremental = await daemon.cliJson<{ id: string; kind: string; extents: number }>(['backup', 'create', 'vm', '--incremental', '--to', `file:${path.join(media, 'inc.tbk')}`]);
   assert.equal(incremental.kind, 'incremental');
-  assert.ok(incremental.extents >= 3, `the 3 changed extents at least: ${incremental.extents}`);
+  assert.ok(incremental.extents >= 4, `the 4 changed extents at least: ${incremental.extents}`);
   await daemon.cliJson(['restore', incremental.id, '--to', 'restored', '--create', '--method', 'remap']);
   const compare = await qemuImgCompare(expected, daemon.nbdUri('restored'));
   assert.equal(compare.identical, true, compare.output);

@@ -5,6 +5,7 @@
  */
 import { test, describe, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +34,16 @@ describe('Bitmap.findClear', () => {
     bitmap.set(3);
     assert.equal(bitmap.findClear(10), -1);
   });
+
+  test('from the end or past it, starts again at bit 0', () => {
+    const bitmap = new Bitmap(100);
+    for (let bit = 0; bit < 100; bit++) if (bit !== 5 && bit !== 97) bitmap.set(bit);
+    assert.equal(bitmap.findClear(100), 5);
+    assert.equal(bitmap.findClear(128), 5);
+    const full64 = new Bitmap(64);
+    for (let bit = 0; bit < 64; bit++) if (bit !== 5 && bit !== 40) full64.set(bit);
+    assert.equal(full64.findClear(64), 5);
+  });
 });
 
 describe('pool allocation', () => {
@@ -50,13 +61,23 @@ describe('pool allocation', () => {
     fs.rmSync(home, { recursive: true, force: true });
   });
 
-  /** Physical extents behind the volume's first `count` extents, written with distinct data. */
+  /** What fill() wrote, per volume and extent. */
+  const written = new Map<string, Buffer[]>();
+
+  /**
+   * Creates `name` with `count` extents of random data (nothing a compressing filesystem could
+   * shrink) and returns the physical extents behind them.
+   */
   async function fill(name: string, count: number): Promise<number[]> {
     await array.volumeCreate({ name, sizeBytes: count * EXTENT_BYTES });
     const volume = array.volume(name);
-    for (let extent = 0; extent < count; extent++) await volume.write(extent * EXTENT_BYTES, Buffer.alloc(EXTENT_BYTES, extent + 1), { fua: false });
+    const data = Array.from({ length: count }, () => randomBytes(EXTENT_BYTES));
+    written.set(name, data);
+    for (let extent = 0; extent < count; extent++) await volume.write(extent * EXTENT_BYTES, data[extent]!, { fua: false });
     return Array.from({ length: count }, (_, extent) => volume.map.lookup(extent));
   }
+
+  const sorted = (extents: readonly number[]): number[] => [...extents].sort((a, b) => a - b);
 
   test('extents freed and committed are handed out again before new ones', async () => {
     // More than one bitmap word (32 extents) each, so that a search from a word's start cannot pass for first fit.
@@ -64,21 +85,30 @@ describe('pool allocation', () => {
     await fill('keep', 40); // allocated after a's: a's extents are the lowest
     await array.volumeDelete('a'); // frees and commits
     const second = await fill('b', 80);
-    assert.deepEqual([...second].sort((x, y) => x - y), [...first].sort((x, y) => x - y));
+    assert.deepEqual(sorted(second), sorted(first));
     // b reads its own data, not a's: every extent was written whole.
     const volume = array.volume('b');
-    for (let extent = 0; extent < 80; extent++) assert.ok((await volume.read(extent * EXTENT_BYTES, EXTENT_BYTES)).every((byte) => byte === extent + 1));
+    for (let extent = 0; extent < 80; extent++) assert.ok((await volume.read(extent * EXTENT_BYTES, EXTENT_BYTES)).equals(written.get('b')![extent]!), `extent ${extent}`);
   });
 
-  test('a freed extent is not handed out before its free is committed', async () => {
+  test('a freed extent is not handed out while its free is being committed, nor while I/O still pins it', async () => {
+    const low = await fill('low', 40);
     const first = await fill('a', 80);
-    const volume = array.volume('a');
-    await volume.trim(0, 80 * EXTENT_BYTES, { fua: false }); // unmapped, not yet committed
-    const during = await fill('b', 80);
-    assert.deepEqual(during.filter((extent) => first.includes(extent)), [], 'no extent of a reused before the commit');
-    await array.sync();
-    const after = await fill('c', 80);
-    assert.deepEqual([...after].sort((x, y) => x - y), [...first].sort((x, y) => x - y), 'after the commit they are the first taken');
+    await array.volumeDelete('low'); // free space below a's: the search runs across a's extents
+    const pinned = first[0]!;
+    array.pool.pin(pinned); // as an I/O issued before the free would
+    await array.volume('a').trim(0, 80 * EXTENT_BYTES, { fua: false });
+    // The commit captures the frees at once (bits cleared, extents quarantined) and persists them later.
+    const commit = array.sync();
+    const during = array.pool.allocate(120);
+    assert.deepEqual(during.filter((extent) => first.includes(extent)), [], 'none reused while their free is being committed');
+    assert.deepEqual(sorted(during.slice(0, 40)), sorted(low), "low's extents first, then past a's");
+    await commit;
+    const afterCommit = array.pool.allocate(79);
+    assert.deepEqual(sorted(afterCommit), sorted(first.slice(1)), 'then they are the first taken, all but the pinned one');
+    assert.notDeepEqual(array.pool.allocate(1), [pinned], 'the pinned one is not handed out');
+    array.pool.unpin(pinned);
+    assert.deepEqual(array.pool.allocate(1), [pinned], 'once unpinned it is the lowest free extent');
   });
 
   test('a sparse pool file grows only as far as its peak data, through repeated delete and rewrite', async () => {
