@@ -301,6 +301,8 @@ const STEPS = [
   ['qemu-img', 'qemu-img convert -O qcow2'],
   ['limit', 'limit: cp of the used data'],
   ['limit+sync', 'cp + sync (reference)'],
+  ['direct-write', 'dd oflag=direct + fsync (reference)'],
+  ['medium-read', 'dd iflag=direct of the medium (reference)'],
   ['restore-remap', 'thinarray restore --method remap'],
   ['restore-writeback', 'thinarray restore --method writeback'],
   ['incremental', 'thinarray backup --incremental'],
@@ -374,6 +376,8 @@ function floors(rows: StepSummary[], samples: Sample[], usedBytes: number, chang
     'backup/(cp+sync)': time('backup', 'limit+sync'),
     'restore remap/(cp+sync)': time('restore-remap', 'limit+sync'),
     'restore writeback/(cp+sync)': time('restore-writeback', 'limit+sync'),
+    'backup/(dd direct write)': time('backup', 'direct-write'),
+    'restore remap/(dd direct read of the medium)': time('restore-remap', 'medium-read'),
   };
   const floor = (name: string, value: number, max: number): Floor => ({ name, value, limit: max, pass: Number.isFinite(value) && value <= max });
   return {
@@ -521,6 +525,15 @@ async function main(): Promise<void> {
       });
       record({ rep, step: 'limit+sync', seconds: cpSyncS, ...(await fileSizes(limitOut)) });
       await rm(limitOut);
+
+      // 4b. References for what the device itself allows: the used data written as thinarray writes
+      // a medium (O_DIRECT, then made durable), and the medium read as a restore reads it from
+      // media written that way (not from the page cache).
+      const directS = await stepTimed(() => runOk('dd', [`if=${dense}`, `of=${limitOut}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none'], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'direct-write', seconds: directS, ...(await fileSizes(limitOut)) });
+      await rm(limitOut);
+      const mediumReadS = await stepTimed(() => runOk('dd', [`if=${fullPath}`, 'of=/dev/null', 'bs=4M', 'iflag=direct', 'status=none'], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'medium-read', seconds: mediumReadS });
 
       // 5. Restores of the full backup: remap into a new volume, writeback into an existing empty one.
       const remapS = await stepTimed(() => api.restore(full!.id, 'restored', 'remap', true));
