@@ -596,9 +596,12 @@ export class BackupManager {
     const writeBehind = poolWriteBehind(this.#host.pool);
     this.#host.setVolumeState(volume, 'restoring');
     try {
+      // Mapped now and not at backup time: trimmed once the records are in. The records only write
+      // extents mapped at backup time and the volume takes no host writes while restoring, so the
+      // list still holds then.
       const mappedAtBackup = new Set(extentsOfRuns(header.allocationRuns));
-      // One commit for every change-tracking mark the restore needs, not one per extent it writes or trims.
       const toTrim = [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)].map(({ extentIndex }) => extentIndex).filter((extent) => !mappedAtBackup.has(extent));
+      // One commit for every change-tracking mark the restore needs, not one per extent it writes or trims.
       await volume.markChanging([...header.correspondence, ...toTrim]);
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
@@ -609,8 +612,7 @@ export class BackupManager {
         ctx.addDone(record.data.length);
       }
       await stream.verifyTrailer();
-      for (const { extentIndex } of [...volume.map.mapped(0, Number.MAX_SAFE_INTEGER)]) {
-        if (mappedAtBackup.has(extentIndex)) continue;
+      for (const extentIndex of toTrim) {
         const offset = extentIndex * volume.extentBytes;
         await volume.trim(offset, Math.min(volume.extentBytes, volume.sizeBytes - offset), { fua: false });
       }

@@ -55,6 +55,11 @@ export class PoolDisk {
     this.bitmap = bitmap;
   }
 
+  /** Whether the global physical extent `extent` lies on this disk. */
+  holds(extent: number): boolean {
+    return extent >= this.row.firstExtent && extent < this.row.firstExtent + this.row.extentCount;
+  }
+
   markDirty(localExtent: number): void {
     this.dirtyPages.add(Math.floor(localExtent / LIMITS.bitmapBitsPerPage));
   }
@@ -187,11 +192,14 @@ export class Pool {
   }
 
   #diskOf(extent: number): PoolDisk {
-    // Pools have a handful of disks: a linear scan is cheaper than anything cleverer.
-    for (const disk of this.#disks) {
-      if (extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount) return disk;
-    }
-    throw new ThinError('CORRUPT', `physical extent ${extent} lies on no disk of the pool`);
+    const disk = this.#findDisk(extent);
+    if (!disk) throw new ThinError('CORRUPT', `physical extent ${extent} lies on no disk of the pool`);
+    return disk;
+  }
+
+  /** Pools have a handful of disks: a linear scan is cheaper than anything cleverer. */
+  #findDisk(extent: number): PoolDisk | undefined {
+    return this.#disks.find((disk) => disk.holds(extent));
   }
 
   /** Where a physical extent lives: the disk's fd and the byte offset of the extent on it. */
@@ -275,7 +283,7 @@ export class Pool {
   #becameAllocatable(extent: number): void {
     this.#quarantine.delete(extent);
     // Not #diskOf: a pin released after close() finds no disk, and has nothing to update.
-    const disk = this.#disks.find((candidate) => extent >= candidate.row.firstExtent && extent < candidate.row.firstExtent + candidate.row.extentCount);
+    const disk = this.#findDisk(extent);
     if (disk) disk.lowestAllocatable = Math.min(disk.lowestAllocatable, extent - disk.row.firstExtent);
   }
 
@@ -316,7 +324,7 @@ export class Pool {
     }
     const bitmapPages: PoolCommitSnapshot['bitmapPages'] = [];
     for (const disk of this.#disks) {
-      const reservedLocal = [...this.#reserved].filter((extent) => extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount).map((extent) => extent - disk.row.firstExtent);
+      const reservedLocal = [...this.#reserved].filter((extent) => disk.holds(extent)).map((extent) => extent - disk.row.firstExtent);
       for (const pageIndex of disk.dirtyPages) bitmapPages.push({ diskId: disk.row.id, pageIndex, blob: disk.pageBlob(pageIndex, reservedLocal) });
       disk.dirtyPages.clear();
     }
@@ -423,7 +431,7 @@ export class Pool {
   }
 
   isValidExtent(extent: number): boolean {
-    return this.#disks.some((disk) => extent >= disk.row.firstExtent && extent < disk.row.firstExtent + disk.row.extentCount);
+    return this.#findDisk(extent) !== undefined;
   }
 
   /** check --repair: marks an extent allocated (it is mapped but its bit was clear). */
