@@ -25,6 +25,8 @@ interface Config {
   dataBytes: number;
   chunkBytes: number;
   changePercent: number;
+  /** Incrementals per repetition, each after its own change: one takes ~50 ms, so one sample per repetition is mostly noise. */
+  incrementals: number;
   reps: number;
   seed: number;
   stepTimeoutS: number;
@@ -40,6 +42,7 @@ const USAGE = `usage: node dist/bench/backup.js [options]
   --data SIZE         random data scattered over it (default 1G; env BENCH_DATA)
   --chunk SIZE        size of each scattered piece, at aligned random offsets (default 64K = one extent)
   --change PERCENT    share of the used data changed before the incremental (default 2)
+  --incrementals N    incrementals per repetition, each after its own change (default 3)
   --reps N            interleaved repetitions, median reported (default 5; env BENCH_REPS)
   --seed N            seed of the offsets (default 1)
   --step-timeout SEC  bound of every step (default 600)
@@ -58,6 +61,7 @@ function parseArgs(argv: string[]): Config {
     dataBytes: parseSize(env.BENCH_DATA ?? '1G'),
     chunkBytes: 64 << 10,
     changePercent: 2,
+    incrementals: 3,
     reps: Math.floor(parsePositive('BENCH_REPS', env.BENCH_REPS ?? '5')),
     seed: 1,
     stepTimeoutS: 600,
@@ -78,6 +82,7 @@ function parseArgs(argv: string[]): Config {
       case '--data': config.dataBytes = parseSize(value()); break;
       case '--chunk': config.chunkBytes = parseSize(value()); break;
       case '--change': config.changePercent = parsePositive('--change', value()); break;
+      case '--incrementals': config.incrementals = Math.floor(parsePositive('--incrementals', value())); break;
       case '--reps': config.reps = Math.floor(parsePositive('--reps', value())); break;
       case '--seed': config.seed = Math.floor(parsePositive('--seed', value())); break;
       case '--step-timeout': config.stepTimeoutS = parsePositive('--step-timeout', value()); break;
@@ -162,6 +167,7 @@ interface BackupEntry {
   id: string;
   jobId: string | null;
   kind: string;
+  parentId: string | null;
   state: string;
   streamBytes: number;
   dataBytes: number;
@@ -548,22 +554,29 @@ async function main(): Promise<void> {
       record({ rep, step: 'restore-writeback', seconds: writebackS, allocatedBytes: writebackAllocated });
       await api.deleteVolume('target');
 
-      // 6. Change a few scattered extents (untimed), then an incremental backup.
-      const changeFile = join(workDir, 'change.raw');
-      const changed = pickDistinct(mappedExtents.length, changeCount, random).map((i) => mappedExtents[i]!);
-      await makeChange(config.volumeBytes, extentBytes, changed, changeFile);
-      await runOk('nbdcopy', ['--destination-is-zero', '--flush', changeFile, uri], { timeoutMs: stepTimeoutMs });
-      await rm(changeFile);
-      const afterChange = await api.allocatedBytes(VOLUME);
-      if (afterChange !== usedBytes) throw new Error(`the volume has ${afterChange} bytes allocated after the change, expected ${usedBytes}`);
-      const incPath = join(mediaDir, `inc-${rep}.tbk`);
-      let inc: BackupEntry | undefined;
-      const incS = await stepTimed(async () => { inc = await api.backup(VOLUME, `file:${incPath}`, true); });
-      if (inc!.state !== 'complete' || inc!.kind !== 'incremental') throw new Error(`backup ${inc!.id} is ${inc!.state} ${inc!.kind}: ${inc!.error ?? ''}`);
-      record({ rep, step: 'incremental', seconds: incS, ...(await fileSizes(incPath)) });
-      if (inc!.extents !== changeCount) log(`note: the incremental holds ${inc!.extents} extents, ${changeCount} were changed`);
+      // 6. Change a few scattered extents (untimed), then an incremental backup; again, each
+      // incremental on the one before (a chain, as nightly incrementals make).
+      const backupIds = [full!.id];
+      for (let n = 0; n < config.incrementals; n++) {
+        const changeFile = join(workDir, 'change.raw');
+        const changed = pickDistinct(mappedExtents.length, changeCount, random).map((i) => mappedExtents[i]!);
+        await makeChange(config.volumeBytes, extentBytes, changed, changeFile);
+        await runOk('nbdcopy', ['--destination-is-zero', '--flush', changeFile, uri], { timeoutMs: stepTimeoutMs });
+        await rm(changeFile);
+        const afterChange = await api.allocatedBytes(VOLUME);
+        if (afterChange !== usedBytes) throw new Error(`the volume has ${afterChange} bytes allocated after the change, expected ${usedBytes}`);
+        const incPath = join(mediaDir, `inc-${rep}-${n}.tbk`);
+        let inc: BackupEntry | undefined;
+        const incS = await stepTimed(async () => { inc = await api.backup(VOLUME, `file:${incPath}`, true); });
+        if (inc!.state !== 'complete' || inc!.kind !== 'incremental' || inc!.parentId !== backupIds.at(-1)) {
+          throw new Error(`backup ${inc!.id} is ${inc!.state} ${inc!.kind} on ${inc!.parentId ?? 'nothing'}: ${inc!.error ?? ''}`);
+        }
+        record({ rep, step: 'incremental', seconds: incS, ...(await fileSizes(incPath)) });
+        if (inc!.extents !== changeCount) log(`note: the incremental holds ${inc!.extents} extents, ${changeCount} were changed`);
+        backupIds.push(inc!.id);
+      }
 
-      for (const id of [inc!.id, full!.id]) await api.call('DELETE', `/backups/${id}?purgeMedia=true`);
+      for (const id of backupIds.reverse()) await api.call('DELETE', `/backups/${id}?purgeMedia=true`);
     }
   } finally {
     await cleanup();

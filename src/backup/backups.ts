@@ -202,8 +202,9 @@ export class BackupManager {
       const list = view.sourceExtents;
       // A full backup streams every used extent; an incremental only those changed since its parent.
       const held = entry.kind === 'incremental' ? volume.changes?.heldSet() : undefined;
-      const recordIndexes = held ? [...list.keys()].filter((i) => held.has(list[i]!)) : [...list.keys()];
-      const correspondence = Float64Array.from(recordIndexes, (i) => list[i]!);
+      const recordIndexes = recordIndexesOf(list, held);
+      const correspondence = new Float64Array(recordIndexes.length);
+      for (let r = 0; r < recordIndexes.length; r++) correspondence[r] = list[recordIndexes[r]!]!;
       const medium = parseMedium(entry.medium);
       mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
       writer = new BackupStreamWriter(mediumWriter, {
@@ -740,6 +741,16 @@ export interface BackupCandidate {
   incrementalBytes: number | null;
   fitsFull: boolean;
   fitsIncremental: boolean;
+}
+
+/**
+ * Indexes into `list` (the view's used extents) of the extents to stream: all of them, or those in
+ * `held`. Plain loops: this runs on every backup over every used extent, before the first byte.
+ */
+function recordIndexesOf(list: Float64Array, held: { has(extent: number): boolean } | undefined): number[] {
+  const indexes: number[] = [];
+  for (let i = 0; i < list.length; i++) if (!held || held.has(list[i]!)) indexes.push(i);
+  return indexes;
 }
 
 /** Consecutive record indexes (adjacent extents of the view), at most `max` per run. */

@@ -93,6 +93,25 @@ describe('backup stream round trips', () => {
     assert.equal(summary.mappedExtentCount, (volume.fields.correspondence as Float64Array).length);
   });
 
+  test('extent numbers past 2^32 keep both halves of their u64 in the map and the table', async () => {
+    // 512-byte extents of a 4 PiB volume: extent numbers up to 2^43, so the high word is not zero.
+    const extentBytes = 512;
+    const capacity = 2 ** 52;
+    const mapped = [5, 6, 7, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 3 * 2 ** 32 + 17, capacity / extentBytes - 1];
+    const runs = allocationRunsFromExtents(mapped);
+    assert.deepEqual([...runs], [5, 3, 2 ** 32 - 1, 3, 3 * 2 ** 32 + 17, 1, capacity / extentBytes - 1, 1]);
+    assert.throws(() => allocationRunsFromExtents([3, 3]), /must ascend: 3 after 3/);
+    const base = testVolume({ extentCount: 1, mappedFraction: 0, extentBytes });
+    const volume: TestVolume = {
+      fields: { ...base.fields, sourceCapacityBytes: capacity, allocationRuns: runs, correspondence: Float64Array.from(mapped) },
+      dataOf: (extent) => Buffer.alloc(extentBytes, extent % 251),
+    };
+    const reader = new BackupStreamReader(new MemoryReader(await streamBytesOf(volume)));
+    const header = await reader.readHeader();
+    assert.deepEqual([...header.allocationRuns], [...runs]);
+    assert.deepEqual([...header.correspondence], mapped);
+  });
+
   test('an empty volume makes a stream with no records', async () => {
     const volume = testVolume({ extentCount: 10, mappedFraction: 0 });
     const bytes = await streamBytesOf(volume);

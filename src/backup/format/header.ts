@@ -58,16 +58,21 @@ export function recordBytesFor(sourceExtent: number, capacityBytes: number, exte
 }
 
 /** Runs (flattened pairs) from ascending distinct extent numbers; adjacent extents join one run. */
-export function allocationRunsFromExtents(extents: Iterable<number>): Float64Array {
-  const pairs: number[] = [];
+export function allocationRunsFromExtents(extents: ArrayLike<number>): Float64Array {
+  const pairs = new Float64Array(2 * extents.length); // at most one run per extent
+  let pairsUsed = 0;
   let previous = -2;
-  for (const extent of extents) {
+  for (let i = 0; i < extents.length; i++) {
+    const extent = extents[i]!;
     if (extent <= previous) throw new ThinError('INVALID_ARGUMENT', `allocation map extents must ascend: ${extent} after ${previous}`);
-    if (extent === previous + 1) pairs[pairs.length - 1]!++;
-    else pairs.push(extent, 1);
+    if (extent === previous + 1) pairs[pairsUsed - 1]!++;
+    else {
+      pairs[pairsUsed++] = extent;
+      pairs[pairsUsed++] = 1;
+    }
     previous = extent;
   }
-  return Float64Array.from(pairs);
+  return pairs.slice(0, pairsUsed);
 }
 
 /** Every mapped extent of the runs, ascending. */

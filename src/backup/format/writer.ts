@@ -202,9 +202,16 @@ export class BackupStreamWriter {
   async #appendTable(tag: FrameTag, values: ArrayLike<number>, numbersPerEntry: number, perFrame: number, entryBytes: number): Promise<void> {
     const entryCount = values.length / numbersPerEntry;
     const payload = Buffer.alloc(perFrame * entryBytes);
+    // A DataView rather than writeU64's two Buffer calls per number: a million-extent map is
+    // millions of numbers, written before the first byte of data.
+    const words = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     for (let first = 0; first < entryCount; first += perFrame) {
       const count = Math.min(perFrame, entryCount - first);
-      for (let n = 0; n < count * numbersPerEntry; n++) writeU64(payload, values[first * numbersPerEntry + n]!, n * 8);
+      for (let n = 0; n < count * numbersPerEntry; n++) {
+        const value = values[first * numbersPerEntry + n]!;
+        words.setUint32(n * 8, value % 0x1_0000_0000, true);
+        words.setUint32(n * 8 + 4, Math.floor(value / 0x1_0000_0000), true);
+      }
       await this.#appendFrame(tag, payload.subarray(0, count * entryBytes), first, count);
     }
   }
