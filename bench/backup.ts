@@ -309,6 +309,7 @@ const STEPS = [
   ['limit+sync', 'cp + sync (reference)'],
   ['direct-write', 'dd oflag=direct + fsync (reference)'],
   ['medium-read', 'dd iflag=direct of the medium (reference)'],
+  ['medium-copy', 'dd of the medium to a file, direct + fsync (reference)'],
   ['restore-remap', 'thinarray restore --method remap'],
   ['restore-writeback', 'thinarray restore --method writeback'],
   ['incremental', 'thinarray backup --incremental'],
@@ -384,6 +385,7 @@ function floors(rows: StepSummary[], samples: Sample[], usedBytes: number, chang
     'restore writeback/(cp+sync)': time('restore-writeback', 'limit+sync'),
     'backup/(dd direct write)': time('backup', 'direct-write'),
     'restore remap/(dd direct read of the medium)': time('restore-remap', 'medium-read'),
+    'restore remap/(dd copy of the medium)': time('restore-remap', 'medium-copy'),
   };
   const floor = (name: string, value: number, max: number): Floor => ({ name, value, limit: max, pass: Number.isFinite(value) && value <= max });
   return {
@@ -486,7 +488,7 @@ async function main(): Promise<void> {
 
     // Each step makes at most about the used data in new page-cache pages (medium, copy, restored extents); twice that, for margin.
     const stepTimed = (fn: () => Promise<unknown>): Promise<number> => timed(fn, () => warmPageCache(workDir, 2 * config.dataBytes), api);
-    const total = config.reps * (STEPS.length - config.skip.size);
+    const total = config.reps * (STEPS.length - config.skip.size + config.incrementals - 1);
     let done = 0;
     const record = (sample: Sample): void => {
       samples.push(sample);
@@ -533,13 +535,18 @@ async function main(): Promise<void> {
       await rm(limitOut);
 
       // 4b. References for what the device itself allows: the used data written as thinarray writes
-      // a medium (O_DIRECT, then made durable), and the medium read as a restore reads it from
-      // media written that way (not from the page cache).
+      // a medium (O_DIRECT, then made durable); the medium read as a restore reads it from media
+      // written that way (not from the page cache); and the medium copied into a file the same
+      // way, which is a remap restore's I/O: the medium read from the device, as much data
+      // written and made durable, on one device.
       const directS = await stepTimed(() => runOk('dd', [`if=${dense}`, `of=${limitOut}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none'], { timeoutMs: stepTimeoutMs }));
       record({ rep, step: 'direct-write', seconds: directS, ...(await fileSizes(limitOut)) });
       await rm(limitOut);
       const mediumReadS = await stepTimed(() => runOk('dd', [`if=${fullPath}`, 'of=/dev/null', 'bs=4M', 'iflag=direct', 'status=none'], { timeoutMs: stepTimeoutMs }));
       record({ rep, step: 'medium-read', seconds: mediumReadS });
+      const mediumCopyS = await stepTimed(() => runOk('dd', [`if=${fullPath}`, `of=${limitOut}`, 'bs=4M', 'iflag=direct', 'oflag=direct', 'conv=fsync', 'status=none'], { timeoutMs: stepTimeoutMs }));
+      record({ rep, step: 'medium-copy', seconds: mediumCopyS, ...(await fileSizes(limitOut)) });
+      await rm(limitOut);
 
       // 5. Restores of the full backup: remap into a new volume, writeback into an existing empty one.
       const remapS = await stepTimed(() => api.restore(full!.id, 'restored', 'remap', true));
