@@ -10,6 +10,8 @@ import { ReadableMediumReader, WritableMediumWriter } from '../backup/media/inde
 import type { JobInfo } from '../jobs/job-manager.js';
 import { defineRoute, StreamResponse, TextResponse, type Route } from './router.js';
 import {
+  BackupCandidatesResponseSchema,
+  BackupCopyRequestSchema,
   BackupCreateRequestSchema,
   BackupDeleteQuerySchema,
   BackupEntrySchema,
@@ -259,6 +261,30 @@ export const ROUTES: readonly Route[] = [
     success: { status: 204, description: 'Deleted.' },
     errorStatuses: [400, 404, 409],
     handle: ({ params, query }, { array }) => array.backups.delete(params.id, query.purgeMedia === true),
+  }),
+  defineRoute({
+    method: 'POST',
+    path: '/backups/:id/copy',
+    operationId: 'copyBackup',
+    tag: 'backups',
+    summary:
+      'Copy a complete backup to another medium as it is (its stream, header and management information), as the job `jobId`; the copy is read back and checked against the original\'s digest, and becomes a catalog entry of its own with `copiedFrom` naming the original.',
+    params: BackupIdParamsSchema,
+    body: BackupCopyRequestSchema,
+    success: { status: 202, description: 'The catalog entry of the copy (state "running"), with the id of its job.', schema: BackupEntrySchema },
+    errorStatuses: [400, 404, 409],
+    handle: ({ params, body }, { array }) => array.backups.copy(params.id, body.to, body.mediaSizeBytes),
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/volumes/:name/backup-candidates',
+    operationId: 'backupCandidates',
+    tag: 'backups',
+    summary: 'Where the next backup of a volume can go: each media root, its free space, and the size a full and an incremental backup would take now.',
+    params: VolumeNameParamsSchema,
+    success: { status: 200, description: 'The candidates.', schema: BackupCandidatesResponseSchema },
+    errorStatuses: [400, 404],
+    handle: async ({ params }, { array }) => ({ volume: params.name, candidates: await array.backups.candidates(params.name) }),
   }),
   defineRoute({
     method: 'POST',

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { LIMITS } from '../lib/limits.js';
 import { isThinError } from '../lib/errors.js';
 import { parseSizeBytes } from '../lib/sizes.js';
-import type { BackupEntry, CheckReport, CopyInfo, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
+import type { BackupCandidate, BackupEntry, CheckReport, CopyInfo, DiskInfo, JobInfo, MapRun, PoolInfo, VolumeInfo } from '../array/types.js';
 
 /** Volume (= NBD export) names: no slashes, spaces or leading dots, so they are safe in URLs, paths and NBD URIs. */
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -213,6 +213,11 @@ export const RestoreRequestSchema = z.strictObject({
 
 export const BackupStreamRequestSchema = BackupCreateRequestSchema.omit({ to: true, mediaSizeBytes: true });
 
+export const BackupCopyRequestSchema = z.strictObject({
+  to: mediumSchema('Where the copy goes: file:/ABS/PATH or dir:/ABS/DIR (cartridges; needs mediaSizeBytes), under a media root, and not the backup\'s own medium.'),
+  mediaSizeBytes: sizeSchema({ minBytes: 1, description: 'dir: media: the size of each cartridge file, label included (bytes or "1G").' }).optional(),
+});
+
 const queryFlag = (description: string) =>
   z.enum(['true', 'false'], { error: 'must be true or false' }).default('false').transform((text) => text === 'true').meta({ description });
 
@@ -390,3 +395,20 @@ export const BackupEntrySchema: z.ZodType<BackupEntry> = z
   .meta({ id: 'BackupEntry' });
 
 export const BackupListResponseSchema = z.object({ backups: z.array(BackupEntrySchema).meta({ description: 'Oldest first.' }) });
+
+export const BackupCandidateSchema: z.ZodType<BackupCandidate> = z
+  .object({
+    medium: z.string().meta({ description: 'A medium for `backup create --to`: a file in the root (replace <id> with a name of your choice), or a cartridge set (dir:) found in it.' }),
+    root: z.string().meta({ description: 'The media root (serve --media-root).' }),
+    freeBytes: z.number().int().meta({ description: 'Free space in the root for the daemon (statfs bavail × bsize); 0 when the root cannot be read.' }),
+    fullBytes: z.number().int().meta({ description: 'What a full backup of the volume would take now: its used data plus the stream\'s framing.' }),
+    incrementalBytes: z.number().int().nullable().meta({ description: 'What an incremental would take now; null when there is no complete backup to build on.' }),
+    fitsFull: z.boolean(),
+    fitsIncremental: z.boolean(),
+  })
+  .meta({ id: 'BackupCandidate' });
+
+export const BackupCandidatesResponseSchema = z.object({
+  volume: z.string(),
+  candidates: z.array(BackupCandidateSchema).meta({ description: 'Per media root, in the order the daemon was given them: a file in the root, then the cartridge sets in it (the root itself, or a directory right under it, holding cartridges).' }),
+});

@@ -12,6 +12,7 @@ import type { BackupCandidate, BackupCreateRequest, RestoreRequest } from '../ba
 export type { JobError, JobInfo, JobProgress, JobState } from '../jobs/job-manager.js';
 export type { CopyInfo } from '../copy/copies.js';
 export type { BackupEntry, BackupState } from '../backup/catalog.js';
+export type { BackupCandidate } from '../backup/backups.js';
 export type { BackupCreateRequest, RestoreRequest } from '../backup/backups.js';
 import type { MediumReader, MediumWriter } from '../backup/media/medium.js';
 

@@ -32,6 +32,7 @@ import { BackupCatalog, type BackupEntry } from './catalog.js';
 import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
+import { backupIdsInDir } from './media/dir-medium.js';
 import { resolveUnderRoots } from './media/roots.js';
 import { RunReader } from './run-reader.js';
 
@@ -141,9 +142,8 @@ export class BackupManager {
     if (Buffer.byteLength(request.description ?? '') > BACKUP_LIMITS.descriptionBytesMax) {
       throw new ThinError('INVALID_ARGUMENT', `description: at most ${BACKUP_LIMITS.descriptionBytesMax} bytes (UTF-8)`, { field: 'description' });
     }
-    if (medium.kind === 'dir' && (request.mediaSizeBytes === undefined || request.mediaSizeBytes < 64 * 1024)) {
-      throw new ThinError('INVALID_ARGUMENT', 'mediaSizeBytes: dir: media need a cartridge size of at least 64K (--media-size)', { field: 'mediaSizeBytes' });
-    }
+    requireCartridgeSize(medium, request.mediaSizeBytes);
+    await requireDestinationDirectory(medium);
     const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
@@ -296,8 +296,10 @@ export class BackupManager {
   // ---- candidates and copies of backups (seed 003) ---------------------------------------------
 
   /**
-   * Where the next backup of `volume` can go: each media root with its free space, the size a full
-   * and an incremental backup would need now, and whether they fit.
+   * Where the next backup of `volume` can go (seed 003's destination candidates): each media root
+   * as a file, then the cartridge sets in it (the root itself or a directory right under it that
+   * already holds cartridges), each with its free space, the size a full and an incremental
+   * backup would need now, and whether they fit.
    */
   async candidates(volumeName: string): Promise<BackupCandidate[]> {
     const volume = this.#host.volume(volumeName);
@@ -306,13 +308,14 @@ export class BackupManager {
     if (volume.changes) for (const extent of volume.changes.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
     const incrementalBytes = volume.changes && this.#host.trackingBase(volume) ? changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES : null;
     const candidates: BackupCandidate[] = [];
-    for (const root of this.#mediaRoots) {
-      const stats = await fs.promises.statfs(root).catch(() => undefined);
+    const candidate = async (medium: string, root: string, directory: string): Promise<BackupCandidate> => {
+      const stats = await fs.promises.statfs(directory).catch(() => undefined);
       const freeBytes = stats ? stats.bavail * stats.bsize : 0;
-      candidates.push({
-        medium: `file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, freeBytes, fullBytes, incrementalBytes,
-        fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes,
-      });
+      return { medium, root, freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes };
+    };
+    for (const root of this.#mediaRoots) {
+      candidates.push(await candidate(`file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, root));
+      for (const directory of await cartridgeSetsIn(root)) candidates.push(await candidate(`dir:${directory}`, root, directory));
     }
     return candidates;
   }
@@ -323,6 +326,8 @@ export class BackupManager {
     if (original.state !== 'complete') throw new ThinError('CONFLICT', `backup ${id} is ${original.state}; only a complete backup can be copied`);
     const medium = await this.#checkedMedium(to, 'to');
     if (formatMedium(medium) === original.medium) throw new ThinError('INVALID_ARGUMENT', 'to: the copy must go to another medium', { field: 'to' });
+    requireCartridgeSize(medium, mediaSizeBytes);
+    await requireDestinationDirectory(medium);
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
     this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: original.id, createdAt: new Date().toISOString() });
@@ -762,6 +767,42 @@ function recordRuns(indexes: readonly number[], max: number): number[][] {
     else runs.push([index]);
   }
   return runs;
+}
+
+/**
+ * `root` and the directories right under it (not symbolic links: they may lead out of the root)
+ * that hold cartridges, by name; at most LIMITS.backupCandidateSetsMax of them.
+ */
+async function cartridgeSetsIn(root: string): Promise<string[]> {
+  const entries = await fs.promises.readdir(root, { withFileTypes: true }).catch(() => []);
+  const directories = [root, ...entries.filter((entry) => entry.isDirectory()).map((entry) => path.join(root, entry.name)).sort()];
+  const sets: string[] = [];
+  for (const directory of directories) {
+    if (sets.length >= LIMITS.backupCandidateSetsMax) break;
+    if ((await backupIdsInDir(directory).catch(() => [])).length > 0) sets.push(directory);
+  }
+  return sets;
+}
+
+/** dir: media are written in cartridges of a given size: say so before a job is started without one. */
+function requireCartridgeSize(medium: Medium, mediaSizeBytes: number | undefined): void {
+  if (medium.kind === 'dir' && (mediaSizeBytes === undefined || mediaSizeBytes < 64 * 1024)) {
+    throw new ThinError('INVALID_ARGUMENT', 'mediaSizeBytes: dir: media need a cartridge size of at least 64K (--media-size)', { field: 'mediaSizeBytes' });
+  }
+}
+
+/**
+ * The directory a medium is written into (file:'s parent, dir: itself) must exist: say so before
+ * a catalog entry and a job are made for it. Not created: a mistyped path would otherwise become
+ * a new directory nobody looks in.
+ */
+async function requireDestinationDirectory(medium: Medium): Promise<void> {
+  if (medium.kind !== 'file' && medium.kind !== 'dir') return;
+  const directory = medium.kind === 'file' ? path.dirname(medium.path) : medium.path;
+  const stats = await fs.promises.stat(directory).catch(() => undefined);
+  if (!stats?.isDirectory()) {
+    throw new ThinError('NOT_FOUND', `to: ${formatMedium(medium)}: ${directory} ${stats ? 'is not a directory' : 'does not exist'}${medium.kind === 'dir' ? ' (a dir: medium is an existing directory for the cartridges)' : ''}`, { field: 'to' });
+  }
 }
 
 /** A medium to read must exist: say so before a job is started for it. */

@@ -91,6 +91,8 @@ export const LIMITS = {
   backupReadExtentsMax: 16,
   /** Reads of a backup's runs in flight at once on the thread pool (read ahead of the stream writer). */
   backupReadsInFlightMax: 8,
+  /** `backup candidates`: cartridge sets listed per media root (each costs a readdir). */
+  backupCandidateSetsMax: 64,
   /**
    * How a backup reads its runs (src/backup/run-reader.ts): runs up to backupSyncRunBytesMax
    * synchronously (a 256 KiB page-cache copy takes about what a thread-pool hop costs here);

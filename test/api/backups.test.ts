@@ -1,7 +1,7 @@
 /**
  * The backup routes in-process against the real array: 202 answers with the catalog entry or the
- * job id, sizes as text, the list filter, delete with and without purgeMedia, and validation
- * errors that name the field and record nothing.
+ * job id, sizes as text, the list filter, delete with and without purgeMedia, candidates, copies,
+ * and validation errors that name the field and record nothing.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -110,6 +110,53 @@ describe('backup API routes', () => {
     assert.equal((await call('GET', `/backups/${carts.json.id}`)).status, 404);
   });
 
+  test('candidates size the next backup per media root; a copy is its own entry with the original\'s management information', async () => {
+    const candidates = await call('GET', '/volumes/vm/backup-candidates');
+    assert.equal(candidates.status, 200, JSON.stringify(candidates.json));
+    assert.equal(candidates.json.volume, 'vm');
+    const [first] = candidates.json.candidates;
+    assert.equal(candidates.json.candidates.length, 1);
+    assert.equal(first.root, media);
+    assert.equal(first.medium, `file:${path.join(media, 'vm-<id>.tbk')}`);
+    assert.ok(first.freeBytes > 0 && first.fitsFull, JSON.stringify(first));
+    assert.ok(first.fullBytes >= 3 * 65536, 'a full backup holds at least the used data');
+
+    const original = await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'orig.tbk')}`, labels: ['monthly'], description: 'keep' });
+    assert.equal((await jobEnd(original.json.jobId)).state, 'succeeded');
+    fs.mkdirSync(path.join(media, 'vault'));
+    const copy = await call('POST', `/backups/${original.json.id}/copy`, { to: `dir:${path.join(media, 'vault')}`, mediaSizeBytes: '64K' });
+    assert.equal(copy.status, 202, JSON.stringify(copy.json));
+    assert.equal(copy.json.copiedFrom, original.json.id);
+    assert.equal(copy.json.state, 'running');
+    assert.equal((await jobEnd(copy.json.jobId)).state, 'succeeded');
+    const copied = (await call('GET', `/backups/${copy.json.id}`)).json;
+    const first1 = (await call('GET', `/backups/${original.json.id}`)).json;
+    assert.equal(copied.state, 'complete');
+    assert.equal(copied.digest, first1.digest);
+    assert.deepEqual([copied.volumeUuid, copied.pointInTime, copied.labels, copied.description], [first1.volumeUuid, first1.pointInTime, ['monthly'], 'keep']);
+    assert.ok(fs.readdirSync(path.join(media, 'vault')).length >= 3, 'several 64 KiB cartridges');
+    // The copy restores on its own, and the original's base status is unchanged: an incremental is possible.
+    const verify = await call('POST', '/backups/verify', { source: copy.json.id });
+    assert.equal((await jobEnd(verify.json.jobId)).state, 'succeeded');
+    const after = (await call('GET', '/volumes/vm/backup-candidates')).json.candidates;
+    assert.notEqual(after[0].incrementalBytes, null);
+    assert.deepEqual(after.map((c: { medium: string }) => c.medium), [`file:${path.join(media, 'vm-<id>.tbk')}`, `dir:${path.join(media, 'vault')}`], 'the vault now holds cartridges: a cartridge set');
+
+    const before = await catalogIds();
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, {}), 400, 'to');
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `file:${path.join(media, 'orig.tbk')}` }), 400, 'to');
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `dir:${path.join(media, 'vault')}` }), 400, 'mediaSizeBytes');
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `file:${path.join(media, 'missing', 'c.tbk')}` }), 404, 'to');
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `dir:${path.join(media, 'missing')}`, mediaSizeBytes: '1M' }), 404, 'to');
+    assertOutsideRoots(await call('POST', `/backups/${original.json.id}/copy`, { to: 'file:/etc/c.tbk' }));
+    assert.equal((await call('POST', '/backups/bk-999999/copy', { to: `file:${path.join(media, 'c.tbk')}` })).status, 404);
+    assertRefused(await call('POST', '/backups/nope/copy', { to: `file:${path.join(media, 'c.tbk')}` }), 400, 'id');
+    assert.equal((await call('GET', '/volumes/nope/backup-candidates')).status, 404);
+    assertRefused(await call('GET', '/volumes/..%2Fx/backup-candidates'), 400, 'name');
+    assert.deepEqual(await catalogIds(), before);
+    assert.equal(fs.existsSync(path.join(media, 'missing')), false, 'a missing directory is not created');
+  });
+
   test('refused requests name the field and record nothing', async () => {
     const before = await catalogIds();
     assertRefused(await call('POST', '/backups', { to: `file:${path.join(media, 'x.tbk')}` }), 400, 'volume');
@@ -117,6 +164,7 @@ describe('backup API routes', () => {
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'file:relative.tbk' }), 400, 'to');
     assertOutsideRoots(await call('POST', '/backups', { volume: 'vm', to: 'file:/etc/x.tbk' }));
     assertOutsideRoots(await call('POST', '/backups', { volume: 'vm', to: `file:${media}/../x.tbk` }));
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'missing', 'x.tbk')}` }), 404, 'to');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `dir:${media}` }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `dir:${media}`, mediaSizeBytes: 'big' }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, labels: 'one' }), 400, 'labels');

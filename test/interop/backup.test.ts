@@ -5,7 +5,8 @@
  * cartridges (one lost: restore fails clearly, writeback target `incomplete`, remap target as it
  * was); damaged and truncated media caught by verify, restore and `medium inspect`; refusals of
  * media outside the roots (plain, `..`, symlink), unknown ids and bad methods, with nothing
- * recorded; `backup delete --purge-media`.
+ * recorded; `backup delete --purge-media`; `backup candidates` and `backup copy` (the copy, on
+ * cartridges, restores equal; refusals leave the catalog as it was).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -278,6 +279,54 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
 
     assertFails(await daemon.cli(['backup', 'verify', entry.id], { timeoutMs: JOB_TIMEOUT_MS }), 1, /is missing/);
     assertFails(await daemon.cli(['medium', 'inspect', `dir:${cartDir}`]), 1, /is missing/);
+  });
+
+  test('candidates size the next backup; backup copy onto cartridges keeps the management information and restores equal', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const writes: Writes = [[0, MiB, 0x61], [5 * MiB, 2 * MiB, 0x62], [12 * MiB + 8192, 4096, 0x63]];
+    await createVolume('vault-src', '16M', writes);
+    const before = await daemon.cliJson<{ volume: string; candidates: Array<{ medium: string; root: string; freeBytes: number; fullBytes: number; incrementalBytes: number | null; fitsFull: boolean }> }>(['backup', 'candidates', 'vault-src']);
+    const fileCandidate = before.candidates[0]!;
+    assert.deepEqual([fileCandidate.medium, fileCandidate.root], [`file:${media('vault-src-<id>.tbk')}`, mediaRoot]);
+    assert.ok(fileCandidate.fullBytes >= 3 * MiB + 65536 && fileCandidate.fitsFull, JSON.stringify(before));
+    assert.equal(fileCandidate.incrementalBytes, null, 'nothing to build an incremental on yet');
+    const human = await daemon.cli(['backup', 'candidates', 'vault-src']);
+    assertOk(human, 'backup candidates');
+    assert.match(human.stdout, /^MEDIUM +FREE +FULL +INCREMENTAL$/m);
+    assert.match(human.stdout, /- \(no base\)/);
+
+    const original = await backupTo('vault-src', `file:${media('vault-src.tbk')}`, ['--label', 'offsite']);
+    const vault = media('vault');
+    fs.mkdirSync(vault);
+    const copy = await daemon.cliJson<BackupEntry & { copiedFrom: string | null; labels: string[] }>(['backup', 'copy', original.id, '--to', `dir:${vault}`, '--media-size', '1M'], { timeoutMs: JOB_TIMEOUT_MS });
+    assert.equal(copy.state, 'complete', JSON.stringify(copy));
+    assert.equal(copy.copiedFrom, original.id);
+    assert.equal(copy.digest, original.digest);
+    assert.deepEqual(copy.labels, ['offsite']);
+    assert.ok(fs.readdirSync(vault).filter((name) => name.startsWith(`${original.id}.`)).length >= 3, 'the stream keeps its own backup id, on 1 MiB cartridges');
+    assert.match((await daemon.cli(['backup', 'show', copy.id])).stdout, new RegExp(`copied from +${original.id}`));
+    assertOk(await daemon.cli(['restore', copy.id, '--to', 'vault-restored', '--create'], { timeoutMs: JOB_TIMEOUT_MS }), 'restore from the copy');
+    await assertSameContent(daemon.nbdUri('vault-restored'), await referenceOf('vault-src', 16 * MiB, writes), { timeoutMs: 60_000 });
+    const after = await daemon.cliJson<{ candidates: Array<{ medium: string; incrementalBytes: number | null; freeBytes: number }> }>(['backup', 'candidates', 'vault-src']);
+    assert.notEqual(after.candidates[0]!.incrementalBytes, null, 'a complete backup to build on');
+    const vaultCandidate = after.candidates.find((candidate) => candidate.medium === `dir:${vault}`);
+    assert.ok(vaultCandidate && vaultCandidate.freeBytes > 0, `the vault is a cartridge set now: ${JSON.stringify(after)}`);
+
+    const catalog = await backupList();
+    assertFails(await daemon.cli(['backup', 'copy', original.id, '--to', `file:${media('vault-src.tbk')}`]), 1, /another medium/);
+    assertFails(await daemon.cli(['backup', 'copy', original.id, '--to', `file:${media('nowhere/c.tbk')}`]), 1, /does not exist/);
+    assertFails(await daemon.cli(['backup', 'copy', original.id, '--to', `dir:${vault}`]), 1, /--media-size/);
+    assertFails(await daemon.cli(['backup', 'copy', original.id, '--to', `file:${path.join(outside, 'c.tbk')}`]), 1, /outside the media roots/);
+    assertFails(await daemon.cli(['backup', 'copy', 'bk-999999', '--to', `file:${media('c.tbk')}`]), 1, /no backup/);
+    assertFails(await daemon.cli(['backup', 'candidates', 'no-such-volume']), 1, /no volume/);
+    assert.deepEqual(await backupList(), catalog, 'refusals record nothing');
+
+    const detached = await daemon.cli(['backup', 'copy', original.id, '--to', `file:${media('vault-src-2.tbk')}`, '--no-wait']);
+    assertOk(detached, 'backup copy --no-wait');
+    const jobId = /job (job-\d+)/.exec(detached.stdout)?.[1];
+    assert.ok(jobId, detached.stdout);
+    assertOk(await daemon.cli(['job', 'wait', jobId], { timeoutMs: JOB_TIMEOUT_MS }), 'job wait');
+    const detachedCopy = (await daemon.cliJson<{ backups: Array<BackupEntry & { copiedFrom: string | null }> }>(['backup', 'list'])).backups.at(-1)!;
+    assert.deepEqual([detachedCopy.state, detachedCopy.copiedFrom, detachedCopy.digest], ['complete', original.id, original.digest]);
   });
 
   test('damaged media: flipped bytes and truncation are caught by verify, restore and medium inspect', { timeout: TEST_TIMEOUT_MS }, async () => {

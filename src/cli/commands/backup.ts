@@ -1,12 +1,12 @@
 /**
- * `thinarray backup create|list|show|delete|verify`: server-free backups. The daemon does the
- * work as jobs; the CLI only names the volume and the medium, then follows the job.
+ * `thinarray backup create|list|show|delete|verify|candidates|copy`: server-free backups. The
+ * daemon does the work as jobs; the CLI only names the volume and the medium, then follows the job.
  */
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { CliError, EXIT_CODES } from '../errors.js';
-import type { BackupEntry, JobInfo } from '../../array/types.js';
+import type { BackupCandidate, BackupEntry, JobInfo } from '../../array/types.js';
 import { CliContext, parseSizeOption, type CliIo } from '../context.js';
 import { formatBytes, formatFields, formatTable } from '../format.js';
 import { finishStartedJob, followJob } from '../progress.js';
@@ -53,17 +53,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
         await backupToStdout(context, body, options.wait);
         return;
       }
-      const created = await context.api().post<BackupEntry>('/backups', body);
-      if (!options.wait) {
-        context.output(created, describeStarted);
-        return;
-      }
-      if (created.jobId !== null) {
-        // With --json the job's own document is held back: the command prints one, the entry.
-        const followIo: CliIo = context.json ? { ...context.io, stdout: () => undefined } : context.io;
-        await followJob(context.api(), created.jobId, { json: context.json, io: followIo });
-      }
-      context.output(await context.api().get<BackupEntry>(backupPath(created.id)), formatBackup);
+      await followEntry(context, await context.api().post<BackupEntry>('/backups', body), options.wait);
     });
 
   backup
@@ -112,10 +102,65 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
       const info = await finishStartedJob(context, await context.api().get<JobInfo>(jobPath(jobId)), { noWait: !options.wait });
       if (options.wait && !context.json) context.io.stdout(describeVerified(info));
     });
+
+  backup
+    .command('candidates')
+    .description('where the next backup of VOLUME can go: each media root, its free space, and what a full and an incremental backup would take now')
+    .argument('<volume>', 'the volume to back up')
+    .action(async (volume: string, _options: object, command: Command) => {
+      const context = CliContext.of(command, io);
+      const answer = await context.api().get<{ volume: string; candidates: BackupCandidate[] }>(`/volumes/${encodeURIComponent(volume)}/backup-candidates`);
+      context.output(answer, formatCandidates);
+    });
+
+  backup
+    .command('copy')
+    .description('copy a complete backup to another medium with its management information; the copy is read back, checked against the digest, and catalogued as its own entry')
+    .argument('<id>', 'backup id')
+    .requiredOption('--to <medium>', "file:PATH or dir:PATH (cartridges, with --media-size), under the daemon's --media-root")
+    .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
+    .option('--no-wait', 'print the entry and its job id instead of following the job')
+    .action(async (id: string, options: { to: string; mediaSize?: string; wait: boolean }, command: Command) => {
+      const context = CliContext.of(command, io);
+      const body = {
+        to: resolveMediumArgument(options.to),
+        ...(options.mediaSize === undefined ? {} : { mediaSizeBytes: parseSizeOption(options.mediaSize, '--media-size') }),
+      };
+      await followEntry(context, await context.api().post<BackupEntry>(`${backupPath(id)}/copy`, body), options.wait);
+    });
+}
+
+/** A catalog entry whose job was just started: printed as started (--no-wait), or followed to its end and printed as it then is. */
+async function followEntry(context: CliContext, created: BackupEntry, wait: boolean): Promise<void> {
+  if (!wait) {
+    context.output(created, describeStarted);
+    return;
+  }
+  if (created.jobId !== null) {
+    // With --json the job's own document is held back: the command prints one, the entry.
+    const followIo: CliIo = context.json ? { ...context.io, stdout: () => undefined } : context.io;
+    await followJob(context.api(), created.jobId, { json: context.json, io: followIo });
+  }
+  context.output(await context.api().get<BackupEntry>(backupPath(created.id)), formatBackup);
+}
+
+function formatCandidates({ volume, candidates }: { volume: string; candidates: BackupCandidate[] }): string {
+  if (candidates.length === 0) return `no media roots to back up ${volume} to (start the daemon with --media-root DIR)`;
+  const table = formatTable(
+    [{ header: 'MEDIUM' }, { header: 'FREE', alignRight: true }, { header: 'FULL', alignRight: true }, { header: 'INCREMENTAL', alignRight: true }],
+    candidates.map((candidate) => [
+      candidate.medium,
+      formatBytes(candidate.freeBytes),
+      `${formatBytes(candidate.fullBytes)}${candidate.fitsFull ? '' : ' (no room)'}`,
+      candidate.incrementalBytes === null ? '- (no base)' : `${formatBytes(candidate.incrementalBytes)}${candidate.fitsIncremental ? '' : ' (no room)'}`,
+    ]),
+  );
+  return `${table}\nFULL and INCREMENTAL: what a backup of ${volume} would take now. For file: media, replace <id> with a name; dir: media are cartridge sets, which take it as new cartridges (give --media-size).`;
 }
 
 function describeStarted(entry: BackupEntry): string {
   const job = entry.jobId === null ? '' : `; streaming as job ${entry.jobId} (follow it with: thinarray job wait ${entry.jobId})`;
+  if (entry.copiedFrom !== null) return `backup ${entry.id}, a copy of ${entry.copiedFrom}, to ${entry.medium}${job}`;
   return `backup ${entry.id} of ${entry.volumeName} taken at ${entry.pointInTime} to ${entry.medium}${job}`;
 }
 
@@ -158,6 +203,7 @@ function formatBackup(entry: BackupEntry): string {
     ['point in time', entry.pointInTime],
     ['method', `${entry.method}, ${entry.kind}${entry.parentId === null ? '' : ` on ${entry.parentId}`}, generation ${entry.generation}`],
     ['medium', entry.medium],
+    ...(entry.copiedFrom === null ? [] : [['copied from', entry.copiedFrom] as [string, string]]),
     ['bytes', `${entry.streamBytes} (${formatBytes(entry.streamBytes)} stream, ${formatBytes(entry.dataBytes)} data)`],
     ['extents', `${entry.extents} of ${formatBytes(entry.extentBytes)}`],
     ['digest', entry.digest ?? '-'],
