@@ -461,6 +461,8 @@ export class BackupManager {
     const request = params as RestoreRequest & { medium: string; backupId: string | null; attachment: string | null };
     // An incremental restores as its chain: the full backup it builds on, then each incremental.
     const chain = request.backupId ? this.#chainOf(request.backupId) : [undefined];
+    // Progress covers the whole chain (the catalog knows each link's data); a bare medium's, its header.
+    if (request.backupId) ctx.setTotal(chain.reduce((sum, entry) => sum + entry!.dataBytes, 0));
     let volume: Volume | undefined;
     let previous: BackupHeader | undefined;
     for (const [link, entry] of chain.entries()) {
@@ -470,7 +472,7 @@ export class BackupManager {
         const stream = new BackupStreamReader(reader);
         const header = await stream.readHeader();
         this.#checkLink(header, previous, link, chain.length);
-        ctx.setTotal(header.dataBytes);
+        if (!entry) ctx.setTotal(header.dataBytes);
         if (!volume) volume = request.create ? await this.#host.createVolumeForRestore(request.to, header.sourceCapacityBytes) : this.#host.volume(request.to);
         if (volume.extentBytes !== header.extentBytes) {
           throw new ThinError('UNSUPPORTED', `the backup has ${header.extentBytes}-byte extents, this pool ${volume.extentBytes}`);

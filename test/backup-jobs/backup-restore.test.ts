@@ -48,7 +48,7 @@ describe('backup and restore', () => {
     fs.rmSync(home, { recursive: true, force: true });
   });
 
-  async function job(jobId: string): Promise<{ state: string; error?: { code: string; message: string }; result?: unknown }> {
+  async function job(jobId: string): Promise<{ state: string; error?: { code: string; message: string }; result?: unknown; progress: { doneBytes: number; totalBytes: number } }> {
     return array.jobs.wait(jobId, 60_000);
   }
 
@@ -124,6 +124,8 @@ describe('backup and restore', () => {
     const restore = await job((await array.backups.restore({ source: incremental.id, to: 'again', method: 'remap', create: true })).jobId);
     assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
     assertSameBytes(await array.volume('again').read(0, SIZE), pointInTime, 'chain restore');
+    const chainBytes = array.backups.show(full.id).dataBytes + entry.dataBytes;
+    assert.deepEqual([restore.progress.doneBytes, restore.progress.totalBytes], [chainBytes, chainBytes], 'progress counts the whole chain');
     // Reopened, tracking continues from the incremental: the next one holds only the later change.
     await reopen();
     const second = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'inc2.tbk')}`, incremental: true });

@@ -44,6 +44,8 @@ describe('backup stream round trips', () => {
     const reader = new BackupStreamReader(new MemoryReader(bytes, 1)); // one byte at a time
     const header = await reader.readHeader();
     assert.equal(header.backupId, 'bk-1');
+    assert.equal(header.formatVersion, 2, 'the version the preamble carries (docs/format.md)');
+    assert.equal(bytes.readUInt16LE(8), 2);
     assert.equal(header.kind, 'full');
     assert.equal(header.parentBackupId, '');
     assert.equal(header.sourceName, 'vol1');

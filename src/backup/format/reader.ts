@@ -100,7 +100,8 @@ export class BackupStreamReader {
     if (end.header.arg0 !== headerBytes) throw this.#corrupt({ offsetBytes: end.offsetBytes, section: 'HEND frame' }, `header length ${end.header.arg0} recorded, ${headerBytes} read`);
     if (!end.payload.equals(computed)) throw this.#corrupt({ offsetBytes: end.offsetBytes + FRAME_HEADER_BYTES, section: 'HEND frame' }, `header SHA-256 mismatch (stored ${end.payload.toString('hex')}, computed ${computed.toString('hex')})`);
 
-    const header: BackupHeader = { ...fields, formatVersion: 1, allocationRuns, correspondence, headerBytes: this.offsetBytes };
+    // checkPreamble accepted exactly this build's version: that is what the stream says it is.
+    const header: BackupHeader = { ...fields, formatVersion: preamble.readUInt16LE(8), allocationRuns, correspondence, headerBytes: this.offsetBytes };
     const problem = findHeaderProblem(header);
     if (problem) throw this.#corrupt({ offsetBytes: head.offsetBytes, section: 'header' }, problem);
     this.#checkHeaderCounts(header, head.offsetBytes);
