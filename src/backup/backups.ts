@@ -143,7 +143,7 @@ export class BackupManager {
       throw new ThinError('INVALID_ARGUMENT', `description: at most ${BACKUP_LIMITS.descriptionBytesMax} bytes (UTF-8)`, { field: 'description' });
     }
     requireCartridgeSize(medium, request.mediaSizeBytes);
-    await requireDestinationDirectory(medium);
+    await requireFreshDestination(medium);
     const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
@@ -327,7 +327,7 @@ export class BackupManager {
     const medium = await this.#checkedMedium(to, 'to');
     if (formatMedium(medium) === original.medium) throw new ThinError('INVALID_ARGUMENT', 'to: the copy must go to another medium', { field: 'to' });
     requireCartridgeSize(medium, mediaSizeBytes);
-    await requireDestinationDirectory(medium);
+    await requireFreshDestination(medium);
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
     this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: original.id, createdAt: new Date().toISOString() });
@@ -794,16 +794,21 @@ function requireCartridgeSize(medium: Medium, mediaSizeBytes: number | undefined
 }
 
 /**
- * The directory a medium is written into (file:'s parent, dir: itself) must exist: say so before
- * a catalog entry and a job are made for it. Not created: a mistyped path would otherwise become
- * a new directory nobody looks in.
+ * Said before a catalog entry and a job are made, rather than as a failed backup: the directory a
+ * medium is written into (file:'s parent, dir: itself) must exist, and a file: medium must not be
+ * an existing plain file (it may be another backup; FIFOs and devices are media). The job's open
+ * checks again (O_EXCL), for whatever appears meanwhile. A missing directory is not created: a
+ * mistyped path would otherwise become a new directory nobody looks in.
  */
-async function requireDestinationDirectory(medium: Medium): Promise<void> {
+async function requireFreshDestination(medium: Medium): Promise<void> {
   if (medium.kind !== 'file' && medium.kind !== 'dir') return;
   const directory = medium.kind === 'file' ? path.dirname(medium.path) : medium.path;
   const stats = await fs.promises.stat(directory).catch(() => undefined);
   if (!stats?.isDirectory()) {
     throw new ThinError('NOT_FOUND', `to: ${formatMedium(medium)}: ${directory} ${stats ? 'is not a directory' : 'does not exist'}${medium.kind === 'dir' ? ' (a dir: medium is an existing directory for the cartridges)' : ''}`, { field: 'to' });
+  }
+  if (medium.kind === 'file' && (await fs.promises.lstat(medium.path).catch(() => undefined))?.isFile()) {
+    throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already exists (refusing to overwrite what may be another backup)`, { field: 'to' });
   }
 }
 

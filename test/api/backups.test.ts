@@ -148,6 +148,9 @@ describe('backup API routes', () => {
     assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `dir:${path.join(media, 'vault')}` }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `file:${path.join(media, 'missing', 'c.tbk')}` }), 404, 'to');
     assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `dir:${path.join(media, 'missing')}`, mediaSizeBytes: '1M' }), 404, 'to');
+    fs.writeFileSync(path.join(media, 'taken.tbk'), 'not to be overwritten');
+    assertRefused(await call('POST', `/backups/${original.json.id}/copy`, { to: `file:${path.join(media, 'taken.tbk')}` }), 409, 'to');
+    assert.equal(fs.readFileSync(path.join(media, 'taken.tbk'), 'utf8'), 'not to be overwritten');
     assertOutsideRoots(await call('POST', `/backups/${original.json.id}/copy`, { to: 'file:/etc/c.tbk' }));
     assert.equal((await call('POST', '/backups/bk-999999/copy', { to: `file:${path.join(media, 'c.tbk')}` })).status, 404);
     assertRefused(await call('POST', '/backups/nope/copy', { to: `file:${path.join(media, 'c.tbk')}` }), 400, 'id');
@@ -165,6 +168,7 @@ describe('backup API routes', () => {
     assertOutsideRoots(await call('POST', '/backups', { volume: 'vm', to: 'file:/etc/x.tbk' }));
     assertOutsideRoots(await call('POST', '/backups', { volume: 'vm', to: `file:${media}/../x.tbk` }));
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'missing', 'x.tbk')}` }), 404, 'to');
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'a.tbk')}` }), 409, 'to'); // kept by the first test
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `dir:${media}` }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `dir:${media}`, mediaSizeBytes: 'big' }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, labels: 'one' }), 400, 'labels');
