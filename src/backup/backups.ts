@@ -266,23 +266,49 @@ export class BackupManager {
     return this.#entry(id);
   }
 
-  /** Removes the catalog entry; with purgeMedia also the stream it names (file or cartridges). */
+  /**
+   * Removes the catalog entry; with purgeMedia also the stream it names (file or cartridges).
+   * Refused, with nothing changed, while incrementals build on it and no copy of it stands in (their
+   * restores would need it), and purging a stream another entry also names.
+   */
   async delete(id: string, purgeMedia: boolean): Promise<void> {
     const entry = this.#entry(id);
     if (entry.state === 'running') throw new ThinError('BUSY', `backup ${id} is still running (job ${entry.jobId ?? '?'}); cancel it first`);
+    // Incrementals name their parent by its stream's id; the original or any complete copy serves.
+    const streamId = this.#streamIdOf(entry);
+    const entries = this.catalog.list();
+    const dependents = entries.filter((other) => other.parentId === streamId && other.state !== 'failed');
+    const otherHolders = entries.filter((other) => other.id !== id && other.state === 'complete' && this.#streamIdOf(other) === streamId);
+    if (entry.state === 'complete' && dependents.length > 0 && otherHolders.length === 0) {
+      throw new ThinError('CONFLICT', `backup ${id} is the base of ${dependents.map((other) => `${other.id} (${other.kind})`).join(', ')}: their restores need it; delete them first, or keep a copy of it (backup copy)`);
+    }
     if (purgeMedia) await this.#purge(entry);
     this.catalog.remove(id);
   }
 
+  /** A complete copy of backup `id` (the same stream, byte for byte), which a chain can use when `id` itself is gone. */
+  #standIn(id: string): BackupEntry | undefined {
+    return this.catalog.list().find((other) => other.state === 'complete' && other.copiedFrom !== null && this.#streamIdOf(other) === id);
+  }
+
   async #purge(entry: BackupEntry): Promise<void> {
     if (entry.medium === '-') return; // streamed to the CLI: nothing of it is held here
+    const streamId = this.#streamIdOf(entry);
+    // A file is one stream; a cartridge set holds one per stream id. A backup that failed because
+    // its medium already held another's stream names that medium too: it must not take it along.
+    const isFile = parseMedium(entry.medium).kind === 'file';
+    const sharer = this.catalog.list().find((other) => other.id !== entry.id && other.medium === entry.medium && (isFile || this.#streamIdOf(other) === streamId));
+    if (sharer) {
+      throw new ThinError('CONFLICT', `${entry.medium} also holds backup ${sharer.id}${isFile ? '' : `'s stream ${streamId}`}: not purged (delete ${entry.id} without --purge-media)`);
+    }
     const medium = await this.#checkedMedium(entry.medium, 'medium');
     if (medium.kind === 'file') {
       const stat = await fs.promises.stat(medium.path).catch(() => undefined);
       if (stat?.isFile()) await fs.promises.rm(medium.path);
     } else if (medium.kind === 'dir') {
+      // Cartridges are named after the stream's backup id: a copy's are its original's.
       for (const name of await fs.promises.readdir(medium.path)) {
-        if (name.startsWith(`${entry.id}.`)) await fs.promises.rm(path.join(medium.path, name));
+        if (name.startsWith(`${streamId}.`)) await fs.promises.rm(path.join(medium.path, name));
       }
     }
   }
@@ -330,7 +356,8 @@ export class BackupManager {
     await requireFreshDestination(medium);
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
-    this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: original.id, createdAt: new Date().toISOString() });
+    // copiedFrom names the backup whose stream this is: a copy of a copy is a copy of the original.
+    this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: this.#streamIdOf(original), createdAt: new Date().toISOString() });
     const job = this.#host.jobs.start(COPY_JOB, { copyId, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
     this.catalog.setJob(copyId, job.id);
     return this.catalog.get(copyId)!;
@@ -491,12 +518,12 @@ export class BackupManager {
   /** The catalog entries to apply, oldest first: a full backup, then incrementals up to `backupId`. */
   #chainOf(backupId: string): BackupEntry[] {
     const chain: BackupEntry[] = [];
-    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? this.catalog.get(entry.parentId) : undefined) {
+    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? (this.catalog.get(entry.parentId) ?? this.#standIn(entry.parentId)) : undefined) {
       if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${entry.id} in the chain of ${backupId} is ${entry.state}`);
       chain.unshift(entry);
       if (entry.kind === 'full') return chain;
-      if (entry.parentId && !this.catalog.get(entry.parentId)) {
-        throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog`);
+      if (entry.parentId && !this.catalog.get(entry.parentId) && !this.#standIn(entry.parentId)) {
+        throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog (nor a copy of it)`);
       }
     }
     throw new ThinError('CORRUPT', `the chain of ${backupId} does not end in a full backup`);

@@ -14,6 +14,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { openStorageArray, type StorageArray } from '../../src/array/array.js';
 import { silentLogger } from '../../src/lib/log.js';
+import type { ThinError } from '../../src/lib/errors.js';
 import { KiB, MiB } from '../../src/lib/sizes.js';
 
 const EXTENT = 64 * KiB;
@@ -256,6 +257,50 @@ describe('backup and restore', () => {
     assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
     assertSameBytes(await array.volume('fromcopy').read(0, SIZE), await array.volume('vm').read(0, SIZE), 'restore from the copy');
     assert.equal((await array.backups.candidates('vm'))[0]!.incrementalBytes !== null, true);
+  });
+
+  test('a base of incrementals is kept until a copy stands in for it; purges take only their own stream', async () => {
+    await makeSource();
+    const full = await fullBackup();
+    await array.volume('vm').write(MiB, pattern(EXTENT, 30), { fua: false });
+    const pointInTime = await array.volume('vm').read(0, SIZE);
+    const incremental = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'inc.tbk')}`, incremental: true });
+    assert.equal((await job(incremental.jobId!)).state, 'succeeded');
+
+    // The base of an incremental: refused, naming it, nothing changed.
+    await assert.rejects(array.backups.delete(full.id, true), (error: ThinError) => error.code === 'CONFLICT' && error.message.includes(`base of ${incremental.id} (incremental)`));
+    assert.equal(array.backups.show(full.id).state, 'complete');
+    assert.ok(fs.existsSync(path.join(media, 'full.tbk')));
+
+    // A copy on cartridges stands in: the original may go, the chain restores through the copy.
+    fs.mkdirSync(path.join(media, 'vault'));
+    const copy = await array.backups.copy(full.id, `dir:${path.join(media, 'vault')}`, 1 * MiB);
+    assert.equal((await job(copy.jobId!)).state, 'succeeded');
+    await array.backups.delete(full.id, true);
+    assert.equal(fs.existsSync(path.join(media, 'full.tbk')), false, 'purged');
+    const restore = await job((await array.backups.restore({ source: incremental.id, to: 'through-copy', method: 'remap', create: true })).jobId);
+    assert.equal(restore.state, 'succeeded', JSON.stringify(restore.error));
+    assert.deepEqual(restore.result, { volume: 'through-copy', method: 'remap', backups: [copy.id, incremental.id] });
+    assertSameBytes(await array.volume('through-copy').read(0, SIZE), pointInTime, 'the chain through the copy');
+    // Now the copy is the last holder of the base: refused in turn.
+    await assert.rejects(array.backups.delete(copy.id, true), (error: ThinError) => error.code === 'CONFLICT');
+    // Without dependents, purging the copy removes its cartridges, which carry the original's id.
+    await array.backups.delete(incremental.id, true);
+    assert.ok(fs.readdirSync(path.join(media, 'vault')).some((name) => name.startsWith(`${full.id}.`)));
+    await array.backups.delete(copy.id, true);
+    assert.deepEqual(fs.readdirSync(path.join(media, 'vault')), [], 'the copy\'s cartridges purged');
+
+    // Two entries naming one file (the first's file moved away, a second backup made there):
+    // purging the first would take the second's stream, so it is refused.
+    const first = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'same.tbk')}` });
+    assert.equal((await job(first.jobId!)).state, 'succeeded');
+    fs.renameSync(path.join(media, 'same.tbk'), path.join(media, 'moved.tbk'));
+    const second = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'same.tbk')}` });
+    assert.equal((await job(second.jobId!)).state, 'succeeded');
+    await assert.rejects(array.backups.delete(first.id, true), (error: ThinError) => error.code === 'CONFLICT' && error.message.includes(second.id));
+    await array.backups.delete(first.id, false);
+    const verify = await job((await array.backups.verify(second.id)).jobId);
+    assert.equal(verify.state, 'succeeded', 'the second backup\'s stream is intact');
   });
 
   test('a FIFO carries a backup straight into a restore', async () => {

@@ -78,7 +78,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
 
   backup
     .command('delete')
-    .description('remove a catalog entry; --purge-media also removes the backup file or its cartridges')
+    .description('remove a catalog entry (refused while incrementals build on it, unless a copy of it remains); --purge-media also removes the backup file or its cartridges')
     .argument('<id>', 'backup id')
     .option('--purge-media', 'also remove the stream from the medium')
     .action(async (id: string, options: { purgeMedia?: boolean }, command: Command) => {
