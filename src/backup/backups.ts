@@ -206,7 +206,7 @@ export class BackupManager {
       const correspondence = new Float64Array(recordIndexes.length);
       for (let r = 0; r < recordIndexes.length; r++) correspondence[r] = list[recordIndexes[r]!]!;
       const medium = parseMedium(entry.medium);
-      mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined);
+      mediumWriter = await this.#openWriter(medium, backupId, mediaSizeBytes ?? undefined, ctx.signal);
       writer = new BackupStreamWriter(mediumWriter, {
         backupId, kind: entry.kind, ...(entry.parentId ? { parentBackupId: entry.parentId } : {}), sourceName: view.row.sourceName, sourceUuid: view.row.sourceUuid, sourceCapacityBytes: view.row.sourceCapacityBytes,
         extentBytes: view.extentBytes, allocationRuns: allocationRunsFromExtents(list), correspondence,
@@ -370,9 +370,9 @@ export class BackupManager {
     let writer: MediumWriter | undefined;
     try {
       // The stream keeps its own backup id and header: the copy carries the management information.
-      const reader = await this.#openReader(await this.#checkedMedium(original.medium, 'source'), this.#streamIdOf(original));
+      const reader = await this.#openReader(await this.#checkedMedium(original.medium, 'source'), this.#streamIdOf(original), ctx.signal);
       try {
-        writer = await this.#openWriter(parseMedium(entry.medium), this.#streamIdOf(original), mediaSizeBytes ?? undefined);
+        writer = await this.#openWriter(parseMedium(entry.medium), this.#streamIdOf(original), mediaSizeBytes ?? undefined, ctx.signal);
         ctx.setTotal(original.streamBytes);
         for (let chunk = await reader.read(); chunk; chunk = await reader.read()) {
           if (ctx.signal.aborted) throw ctx.signal.reason;
@@ -383,7 +383,7 @@ export class BackupManager {
       } finally {
         await reader.close().catch(() => undefined);
       }
-      const check = await this.#readThrough(parseMedium(entry.medium), this.#streamIdOf(original));
+      const check = await this.#readThrough(parseMedium(entry.medium), this.#streamIdOf(original), ctx.signal);
       if (check.digest !== original.digest) throw new ThinError('CORRUPT', `the copy on ${entry.medium} reads back with digest ${check.digest}, not ${original.digest}`);
       this.catalog.complete(copyId, { streamBytes: check.streamBytes, dataBytes: original.dataBytes, extents: original.extents, digest: check.digest, pointInTime: original.pointInTime });
       return { backupId: copyId, copiedFrom: original.id, digest: check.digest };
@@ -406,8 +406,8 @@ export class BackupManager {
   }
 
   /** One checking pass over a medium: the stream's digest and size. */
-  async #readThrough(medium: Medium, backupId: string | undefined): Promise<{ digest: string; streamBytes: number }> {
-    const reader = await this.#openReader(medium, backupId);
+  async #readThrough(medium: Medium, backupId: string | undefined, signal: AbortSignal): Promise<{ digest: string; streamBytes: number }> {
+    const reader = await this.#openReader(medium, backupId, signal);
     try {
       const stream = new BackupStreamReader(reader);
       await stream.readHeader();
@@ -431,7 +431,7 @@ export class BackupManager {
   async #runVerify(ctx: JobContext, params: unknown): Promise<unknown> {
     const { medium, backupId } = params as { medium: string; backupId: string | null };
     const entryOfId = backupId ? this.catalog.get(backupId) : undefined;
-    const reader = await this.#openReader(parseMedium(medium), entryOfId ? this.#streamIdOf(entryOfId) : undefined);
+    const reader = await this.#openReader(parseMedium(medium), entryOfId ? this.#streamIdOf(entryOfId) : undefined, ctx.signal);
     try {
       const stream = new BackupStreamReader(reader);
       const header = await stream.readHeader();
@@ -494,7 +494,7 @@ export class BackupManager {
     let previous: BackupHeader | undefined;
     for (const [link, entry] of chain.entries()) {
       const medium = entry ? await this.#checkedMedium(entry.medium, 'source') : parseMedium(request.medium);
-      const reader = medium.kind === 'stdio' ? this.#takeAttached(this.#attachedReaders, request.attachment ?? '', "the CLI's stdin") : await this.#openReader(medium, entry ? this.#streamIdOf(entry) : undefined);
+      const reader = medium.kind === 'stdio' ? this.#takeAttached(this.#attachedReaders, request.attachment ?? '', "the CLI's stdin") : await this.#openReader(medium, entry ? this.#streamIdOf(entry) : undefined, ctx.signal);
       try {
         const stream = new BackupStreamReader(reader);
         const header = await stream.readHeader();
@@ -751,13 +751,15 @@ export class BackupManager {
     await ('abort' in medium ? medium.abort() : medium.close()).catch(() => undefined);
   }
 
-  #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined): Promise<MediumWriter> {
+  /** `signal`: the job's; a cancel or a shutdown then ends a wait for a FIFO's reader. */
+  #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined, signal: AbortSignal): Promise<MediumWriter> {
     if (medium.kind === 'stdio') return Promise.resolve(this.#takeAttached(this.#attachedWriters, backupId, "the CLI's stdout"));
-    return openMediumWriter(medium, { roots: this.#mediaRoots, backupId, ...(mediaSizeBytes === undefined ? {} : { mediaSizeBytes }) });
+    return openMediumWriter(medium, { roots: this.#mediaRoots, backupId, signal, ...(mediaSizeBytes === undefined ? {} : { mediaSizeBytes }) });
   }
 
-  #openReader(medium: Medium, backupId: string | undefined): Promise<MediumReader> {
-    return openMediumReader(medium, { roots: this.#mediaRoots, ...(backupId === undefined ? {} : { backupId }) });
+  /** `signal`: as for #openWriter, a wait for a FIFO's writer. */
+  #openReader(medium: Medium, backupId: string | undefined, signal: AbortSignal): Promise<MediumReader> {
+    return openMediumReader(medium, { roots: this.#mediaRoots, signal, ...(backupId === undefined ? {} : { backupId }) });
   }
 }
 

@@ -245,6 +245,59 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     }
   });
 
+  test('a FIFO nobody opens: the backup and the restore waiting on it cancel at once; SIGTERM stops the daemon while one waits', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await createVolume('fifo-wait', '8M', [[0, MiB, 0x31]]);
+    const fifo = media('nobody.fifo');
+    await runOk('mkfifo', [fifo]);
+    const jobState = async (jobId: string): Promise<string> => (await daemon.cliJson<{ state: string }>(['job', 'show', jobId])).state;
+    /** Cancels a job once it is running (waiting in the open), and returns how long it took to end. */
+    const cancelWhileWaiting = async (jobId: string): Promise<number> => {
+      for (let waitedMs = 0; (await jobState(jobId)) !== 'running'; waitedMs += 50) {
+        assert.ok(waitedMs < 10_000, `job ${jobId} did not start`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300)); // well inside the open by now
+      const startedMs = performance.now();
+      assertOk(await daemon.cli(['job', 'cancel', jobId]), 'job cancel');
+      while ((await jobState(jobId)) !== 'cancelled') {
+        assert.ok(performance.now() - startedMs < 10_000, `job ${jobId} still ${await jobState(jobId)} 10 s after its cancel`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return performance.now() - startedMs;
+    };
+
+    const backup = await daemon.cliJson<BackupEntry>(['backup', 'create', 'fifo-wait', '--to', `file:${fifo}`, '--no-wait']);
+    await cancelWhileWaiting(backup.jobId!);
+    assert.equal((await daemon.cliJson<BackupEntry>(['backup', 'show', backup.id])).state, 'failed');
+    const volumes = (await daemon.cliJson<{ volumes: VolumeInfo[] }>(['volume', 'list'])).volumes.map((volume) => volume.name);
+    assert.equal(volumes.includes(`${backup.id}-view`), false, 'its point-in-time view is dropped');
+
+    const restore = await daemon.cli(['restore', `file:${fifo}`, '--to', 'fifo-never', '--create', '--no-wait']);
+    assertOk(restore, 'restore --no-wait');
+    const restoreJob = /job (job-\d+)/.exec(restore.stdout)?.[1];
+    assert.ok(restoreJob, restore.stdout);
+    await cancelWhileWaiting(restoreJob);
+    assert.equal((await daemon.cli(['volume', 'show', 'fifo-never'])).code, 1, 'no volume was made');
+    assert.equal(fs.statSync(fifo).isFIFO(), true);
+
+    // A daemon of its own, stopped while its backup waits for a reader: it exits, and promptly
+    // (Node joins its thread pool on exit: an open left waiting kept it alive for ever).
+    const own = await startDaemon({ extraArgs: ['--pool-size', '256M', '--media-root', mediaRoot] });
+    try {
+      await own.cliJson(['volume', 'create', 'v', '--size', '8M']);
+      const waiting = await own.cliJson<BackupEntry>(['backup', 'create', 'v', '--to', `file:${fifo}`, '--no-wait']);
+      for (let waitedMs = 0; (await own.cliJson<{ state: string }>(['job', 'show', waiting.jobId!])).state !== 'running'; waitedMs += 50) {
+        assert.ok(waitedMs < 10_000, 'the backup did not start');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const exit = await own.stop(15_000);
+      assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+    } finally {
+      await own.cleanup();
+    }
+  });
+
   test('cartridges: dir: with --media-size 1M spans several; restore equal; a lost cartridge fails the restore clearly', { timeout: TEST_TIMEOUT_MS }, async () => {
     const writes: Writes = [[0, MiB, 0x51], [3 * MiB, MiB, 0x52], [7 * MiB + 4096, MiB, 0x53], [15 * MiB, MiB, 0x54], [31 * MiB, MiB, 0x55], [20 * MiB, 4096, 0x56]];
     await createVolume('carts', '32M', writes);

@@ -34,20 +34,20 @@ export async function statMediumPath(filePath: string, description: string): Pro
  * Opens file:PATH for writing. An existing plain file is refused unless `overwrite` (it may be
  * an earlier backup); a FIFO waits here until a reader opens it.
  */
-export async function openFileWriter(filePath: string, options: { overwrite?: boolean } = {}): Promise<MediumWriter> {
+export async function openFileWriter(filePath: string, options: { overwrite?: boolean; signal?: AbortSignal } = {}): Promise<MediumWriter> {
   const description = `file:${filePath}`;
   const kind = await statMediumPath(filePath, description);
   if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
   // A new file is created with O_EXCL, failing if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
   if (kind === null || kind === 'file') return await DirectFileWriter.open(filePath, description, kind === null);
-  return await SequentialFileWriter.open(filePath, description, 'w', false);
+  return await SequentialFileWriter.open(filePath, description, 'w', false, options.signal);
 }
 
-export async function openFileReader(filePath: string): Promise<MediumReader> {
+export async function openFileReader(filePath: string, signal?: AbortSignal): Promise<MediumReader> {
   const description = `file:${filePath}`;
   const kind = await statMediumPath(filePath, description);
   if (kind === null) throw new ThinError('NOT_FOUND', `${description} does not exist`, { field: 'medium' });
-  return await SequentialFileReader.open(filePath, description);
+  return await SequentialFileReader.open(filePath, description, signal);
 }
 
 /** One fs.WriteStream: writes in order at the current file position. */
@@ -74,10 +74,10 @@ export class SequentialFileWriter implements MediumWriter {
     });
   }
 
-  static async open(filePath: string, description: string, flags: string, fsyncOnClose: boolean): Promise<SequentialFileWriter> {
+  static async open(filePath: string, description: string, flags: string, fsyncOnClose: boolean, signal?: AbortSignal): Promise<SequentialFileWriter> {
     // No `start`: fs streams then write at the current position (write(2), not pwrite(2)), which a FIFO needs.
     // The descriptor is opened here, not by the stream, because the write-behind sync needs it.
-    const fd = await openDescriptor(filePath, flags, description);
+    const fd = await openDescriptor(filePath, flags, description, signal);
     const stream = fs.createWriteStream(filePath, { fd, flush: fsyncOnClose, highWaterMark: BACKUP_LIMITS.writeChunkBytes });
     return new SequentialFileWriter(stream, description, fd, fsyncOnClose);
   }
@@ -143,8 +143,8 @@ export class SequentialFileReader implements MediumReader {
     this.description = description;
   }
 
-  static async open(filePath: string, description: string): Promise<SequentialFileReader> {
-    const fd = await openDescriptor(filePath, 'r', description);
+  static async open(filePath: string, description: string, signal?: AbortSignal): Promise<SequentialFileReader> {
+    const fd = await openDescriptor(filePath, 'r', description, signal);
     return new SequentialFileReader(fd, description);
   }
 
@@ -189,8 +189,47 @@ export class SequentialFileReader implements MediumReader {
 
 
 /** fs.open (a FIFO's open waits for its other end, on the thread pool), failures named for the medium. */
-function openDescriptor(filePath: string, flags: string, description: string): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Opens `filePath`. A FIFO's open waits for its other end (a reader for 'w', a writer for 'r') on a
+ * thread-pool thread that nothing can interrupt: a backup cancelled while nobody read its FIFO
+ * stayed "cancelling" for ever, and the daemon could not exit (Node joins its thread pool on exit).
+ * So when `signal` aborts during the wait, the other end is opened here for an instant,
+ * non-blocking, which lets the waiting open return; its descriptor is closed and the abort's reason
+ * thrown. Repeated until the open returns: a knock that comes before the open started waiting
+ * does not count. Only FIFOs are knocked on (opening a tape device can rewind it).
+ */
+async function openDescriptor(filePath: string, flags: string, description: string, signal?: AbortSignal): Promise<number> {
+  if (signal?.aborted) throw signal.reason;
+  const opening = new Promise<number>((resolve, reject) => {
     fs.open(filePath, flags, 0o666, (error, fd) => (error ? reject(mediumError(error, description, 'open')) : resolve(fd)));
   });
+  if (!signal) return await opening;
+  let knocking: NodeJS.Timeout | undefined;
+  const knock = (): void => {
+    fs.stat(filePath, (error, stats) => {
+      if (error || !stats.isFIFO()) return;
+      const otherEnd = (flags === 'r' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK;
+      fs.open(filePath, otherEnd, (openError, fd) => {
+        if (!openError) fs.close(fd, () => undefined);
+      });
+    });
+  };
+  const onAbort = (): void => {
+    knock();
+    knocking = setInterval(knock, FIFO_KNOCK_INTERVAL_MS);
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const fd = await opening;
+    if (signal.aborted) {
+      fs.close(fd, () => undefined);
+      throw signal.reason;
+    }
+    return fd;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    clearInterval(knocking);
+  }
 }
+
+const FIFO_KNOCK_INTERVAL_MS = 50;

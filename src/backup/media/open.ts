@@ -22,12 +22,14 @@ export interface OpenMediumOptions {
   overwrite?: boolean;
   /** `-` when reading: the stream to read (the CLI's own stdin for `medium inspect -`). */
   stdin?: Readable;
+  /** Ends a wait for a FIFO's other end (a job cancelled or stopped meanwhile): see file-medium.ts. */
+  signal?: AbortSignal;
 }
 
 export async function openMediumWriter(medium: Medium, options: OpenMediumOptions = {}): Promise<MediumWriter> {
   switch (medium.kind) {
     case 'file':
-      return await openFileWriter(await guarded(medium.path, options), { overwrite: options.overwrite ?? false });
+      return await openFileWriter(await guarded(medium.path, options), { overwrite: options.overwrite ?? false, ...(options.signal ? { signal: options.signal } : {}) });
     case 'dir': {
       if (options.backupId === undefined) throw new ThinError('INVALID_ARGUMENT', 'dir: media need the backup id to name cartridges', { field: 'backupId' });
       if (options.mediaSizeBytes === undefined) throw new ThinError('INVALID_ARGUMENT', `${formatMedium(medium)}: a dir: medium needs --media-size SIZE (the cartridge size)`, { field: 'mediaSize' });
@@ -44,7 +46,7 @@ export async function openMediumReader(medium: Medium, options: OpenMediumOption
       if (options.stdin === undefined) throw notHere(medium);
       return new ReadableMediumReader(options.stdin, 'stdin');
     case 'file':
-      return await openFileReader(await guarded(medium.path, options));
+      return await openFileReader(await guarded(medium.path, options), options.signal);
     case 'dir':
       return await openDirReader(await guarded(medium.path, options), options.backupId === undefined ? {} : { backupId: options.backupId });
     default:
