@@ -145,6 +145,7 @@ export class BackupManager {
     requireCartridgeSize(medium, request.mediaSizeBytes);
     await requireFreshDestination(medium);
     const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
+    if (request.incremental && !parent) this.#logger.info({ volume: volume.name }, 'no complete previous backup to build on: taking a full backup');
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
     const now = new Date().toISOString();
@@ -182,10 +183,7 @@ export class BackupManager {
   #incrementalParent(volume: Volume): BackupEntry | undefined {
     const baseId = this.#host.trackingBase(volume);
     const parent = baseId ? this.catalog.get(baseId) : undefined;
-    if (!parent || parent.state !== 'complete' || parent.volumeUuid !== volume.row.uuid || !volume.changes) {
-      this.#logger.info({ volume: volume.name }, 'no complete previous backup to build on: taking a full backup');
-      return undefined;
-    }
+    if (!parent || parent.state !== 'complete' || parent.volumeUuid !== volume.row.uuid || !volume.changes) return undefined;
     return parent;
   }
 
@@ -332,7 +330,8 @@ export class BackupManager {
     const fullBytes = volume.allocatedBytes + BACKUP_OVERHEAD_BYTES + volume.map.mappedCount * RECORD_OVERHEAD_BYTES;
     let changedExtents = 0;
     if (volume.changes) for (const extent of volume.changes.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
-    const incrementalBytes = volume.changes && this.#host.trackingBase(volume) ? changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES : null;
+    // As backup create --incremental decides: without a parent to build on, it takes a full backup.
+    const incrementalBytes = this.#incrementalParent(volume) ? changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES : null;
     const candidates: BackupCandidate[] = [];
     const candidate = async (medium: string, root: string, directory: string): Promise<BackupCandidate> => {
       const stats = await fs.promises.statfs(directory).catch(() => undefined);

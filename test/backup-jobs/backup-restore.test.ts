@@ -286,6 +286,7 @@ describe('backup and restore', () => {
     await assert.rejects(array.backups.delete(copy.id, true), (error: ThinError) => error.code === 'CONFLICT');
     // Without dependents, purging the copy removes its cartridges, which carry the original's id.
     await array.backups.delete(incremental.id, true);
+    assert.equal((await array.backups.candidates('vm'))[0]!.incrementalBytes, null, 'the tracking base is gone: the next backup is a full one, as candidates say');
     assert.ok(fs.readdirSync(path.join(media, 'vault')).some((name) => name.startsWith(`${full.id}.`)));
     await array.backups.delete(copy.id, true);
     assert.deepEqual(fs.readdirSync(path.join(media, 'vault')), [], 'the copy\'s cartridges purged');
