@@ -111,6 +111,7 @@ function parseArgs(argv: string[]): Config {
   if (config.dataBytes < MiB || config.dataBytes % config.chunkBytes !== 0) throw new Error('--data must be a multiple of --chunk, at least 1M');
   if (config.volumeBytes % config.chunkBytes !== 0 || config.volumeBytes < 2 * config.dataBytes) throw new Error('--volume-size must be a multiple of --chunk and at least twice --data');
   if (config.changePercent >= 50) throw new Error('--change must be below 50');
+  if (config.incrementals < 1) throw new Error('--incrementals must be a whole number, at least 1');
   return config;
 }
 

@@ -88,6 +88,8 @@ export class BackupManager {
   readonly catalog: BackupCatalog;
   /** `-` media the API attached, until their job opens them: backup id → the CLI's stdout; restore attachment → its stdin. */
   readonly #attachedWriters = new Map<string, MediumWriter>();
+  /** Entries between a delete's checks and their removal (their media being purged). */
+  readonly #deleting = new Set<string>();
   readonly #attachedReaders = new Map<string, MediumReader>();
 
   constructor(host: BackupHost, logger: Logger, mediaRoots: readonly string[]) {
@@ -108,7 +110,15 @@ export class BackupManager {
       finished: (params) => void this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment),
     });
     host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
-    host.jobs.register({ name: COPY_JOB, resumable: false, run: (ctx, params) => this.#runCopy(ctx, params) });
+    host.jobs.register({
+      name: COPY_JOB, resumable: false,
+      run: (ctx, params) => this.#runCopy(ctx, params),
+      // A copy cancelled while queued never ran: its entry ends failed, not "running" for ever.
+      finished: (params) => {
+        const { copyId } = params as { copyId: string };
+        if (this.catalog.get(copyId)?.state === 'running') this.catalog.fail(copyId, 'the job ended before it ran');
+      },
+    });
   }
 
   /** At open: backups cut by a crash or restart end failed, and their views are dropped. */
@@ -182,7 +192,7 @@ export class BackupManager {
   /** The backup an incremental of `volume` builds on: its tracking base, if complete and of this volume. */
   #incrementalParent(volume: Volume): BackupEntry | undefined {
     const baseId = this.#host.trackingBase(volume);
-    const parent = baseId ? this.catalog.get(baseId) : undefined;
+    const parent = baseId ? this.#present(baseId) : undefined;
     if (!parent || parent.state !== 'complete' || parent.volumeUuid !== volume.row.uuid || !volume.changes) return undefined;
     return parent;
   }
@@ -272,43 +282,73 @@ export class BackupManager {
   async delete(id: string, purgeMedia: boolean): Promise<void> {
     const entry = this.#entry(id);
     if (entry.state === 'running') throw new ThinError('BUSY', `backup ${id} is still running (job ${entry.jobId ?? '?'}); cancel it first`);
+    if (this.#deleting.has(id)) throw new ThinError('BUSY', `backup ${id} is being deleted`);
     // Incrementals name their parent by its stream's id; the original or any complete copy serves.
+    // Entries being deleted (their media purged meanwhile) count as gone already.
     const streamId = this.#streamIdOf(entry);
-    const entries = this.catalog.list();
+    const entries = this.#listed();
     const dependents = entries.filter((other) => other.parentId === streamId && other.state !== 'failed');
     const otherHolders = entries.filter((other) => other.id !== id && other.state === 'complete' && this.#streamIdOf(other) === streamId);
     if (entry.state === 'complete' && dependents.length > 0 && otherHolders.length === 0) {
       throw new ThinError('CONFLICT', `backup ${id} is the base of ${dependents.map((other) => `${other.id} (${other.kind})`).join(', ')}: their restores need it; delete them first, or keep a copy of it (backup copy)`);
     }
-    if (purgeMedia) await this.#purge(entry);
-    this.catalog.remove(id);
+    // From the check to the removal the entry counts as gone (#listed, #incrementalParent): a
+    // second delete, a new incremental or a chain restore must not count on it meanwhile.
+    this.#deleting.add(id);
+    try {
+      if (purgeMedia) await this.#purge(entry, streamId);
+      this.catalog.remove(id, streamId);
+    } finally {
+      this.#deleting.delete(id);
+    }
+  }
+
+  /** The catalog without the entries being deleted. */
+  #listed(): BackupEntry[] {
+    return this.catalog.list().filter((entry) => !this.#deleting.has(entry.id));
+  }
+
+  /** The entry `id` unless it is being deleted. */
+  #present(id: string): BackupEntry | undefined {
+    return this.#deleting.has(id) ? undefined : this.catalog.get(id);
   }
 
   /** A complete copy of backup `id` (the same stream, byte for byte), which a chain can use when `id` itself is gone. */
   #standIn(id: string): BackupEntry | undefined {
-    return this.catalog.list().find((other) => other.state === 'complete' && other.copiedFrom !== null && this.#streamIdOf(other) === id);
+    return this.#listed().find((other) => other.state === 'complete' && other.copiedFrom !== null && this.#streamIdOf(other) === id);
   }
 
-  async #purge(entry: BackupEntry): Promise<void> {
+  /**
+   * Removes the stream `entry` names, if it is there and no other live entry names it: a plain
+   * file (FIFOs and devices hold nothing), or the cartridges of `streamId` in a cartridge set.
+   */
+  async #purge(entry: BackupEntry, streamId: string): Promise<void> {
     if (entry.medium === '-') return; // streamed to the CLI: nothing of it is held here
-    const streamId = this.#streamIdOf(entry);
-    // A file is one stream; a cartridge set holds one per stream id. A backup that failed because
-    // its medium already held another's stream names that medium too: it must not take it along.
-    const isFile = parseMedium(entry.medium).kind === 'file';
-    const sharer = this.catalog.list().find((other) => other.id !== entry.id && other.medium === entry.medium && (isFile || this.#streamIdOf(other) === streamId));
-    if (sharer) {
-      throw new ThinError('CONFLICT', `${entry.medium} also holds backup ${sharer.id}${isFile ? '' : `'s stream ${streamId}`}: not purged (delete ${entry.id} without --purge-media)`);
-    }
     const medium = await this.#checkedMedium(entry.medium, 'medium');
     if (medium.kind === 'file') {
-      const stat = await fs.promises.stat(medium.path).catch(() => undefined);
-      if (stat?.isFile()) await fs.promises.rm(medium.path);
+      const stat = await fs.promises.lstat(medium.path).catch(() => undefined);
+      if (!stat?.isFile()) return;
+      this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
+      await fs.promises.rm(medium.path);
     } else if (medium.kind === 'dir') {
-      // Cartridges are named after the stream's backup id: a copy's are its original's.
-      for (const name of await fs.promises.readdir(medium.path)) {
-        if (name.startsWith(`${streamId}.`)) await fs.promises.rm(path.join(medium.path, name));
+      this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium && this.#streamIdOf(other) === streamId, ` (stream ${streamId})`);
+      // Cartridges are named after the stream's backup id (a copy's after its original's), and
+      // only those: other files that happen to start with the id stay.
+      const cartridge = new RegExp(`^${streamId.replace(/[^A-Za-z0-9_-]/g, '\\$&')}\\.\\d{4,}$`);
+      for (const found of await fs.promises.readdir(medium.path, { withFileTypes: true })) {
+        if (found.isFile() && cartridge.test(found.name)) await fs.promises.rm(path.join(medium.path, found.name));
       }
     }
+  }
+
+  /**
+   * A medium holding a stream that another entry, not failed, also names is not purged: a backup
+   * that failed because its medium already held another's stream names that medium too, and an
+   * entry whose file was moved away may name the file a later backup made there.
+   */
+  #refuseSharedMedium(entry: BackupEntry, sameStream: (other: BackupEntry) => boolean, what: string): void {
+    const sharer = this.catalog.list().find((other) => other.id !== entry.id && other.state !== 'failed' && sameStream(other));
+    if (sharer) throw new ThinError('CONFLICT', `${entry.medium}${what} is also named by backup ${sharer.id}: not purged (delete ${entry.id} without --purge-media)`);
   }
 
   #entry(id: string): BackupEntry {
@@ -353,21 +393,33 @@ export class BackupManager {
     if (formatMedium(medium) === original.medium) throw new ThinError('INVALID_ARGUMENT', 'to: the copy must go to another medium', { field: 'to' });
     requireCartridgeSize(medium, mediaSizeBytes);
     await requireFreshDestination(medium);
+    const streamId = this.#streamIdOf(original);
+    if (medium.kind === 'dir' && (await backupIdsInDir(medium.path)).includes(streamId)) {
+      throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already holds cartridges of stream ${streamId} (a copy of it is there)`, { field: 'to' });
+    }
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
     // copiedFrom names the backup whose stream this is: a copy of a copy is a copy of the original.
-    this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: this.#streamIdOf(original), createdAt: new Date().toISOString() });
-    const job = this.#host.jobs.start(COPY_JOB, { copyId, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
+    this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: streamId, createdAt: new Date().toISOString() });
+    let job: { id: string };
+    try {
+      // sourceId: the entry read, which is `id` (a copy of a copy reads the copy, even when the original is gone).
+      job = this.#host.jobs.start(COPY_JOB, { copyId, sourceId: original.id, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
+    } catch (error) {
+      this.catalog.remove(copyId); // no job (too many, or shutting down): no entry left "running" for ever
+      throw error;
+    }
     this.catalog.setJob(copyId, job.id);
     return this.catalog.get(copyId)!;
   }
 
   async #runCopy(ctx: JobContext, params: unknown): Promise<unknown> {
-    const { copyId, mediaSizeBytes } = params as { copyId: string; mediaSizeBytes: number | null };
+    const { copyId, sourceId, mediaSizeBytes } = params as { copyId: string; sourceId: string; mediaSizeBytes: number | null };
     const entry = this.#entry(copyId);
-    const original = this.#entry(entry.copiedFrom!);
     let writer: MediumWriter | undefined;
     try {
+      const original = this.#present(sourceId);
+      if (original?.state !== 'complete') throw new ThinError('NOT_FOUND', `backup ${sourceId}, the source of copy ${copyId}, is no longer in the catalog`);
       // The stream keeps its own backup id and header: the copy carries the management information.
       const reader = await this.#openReader(await this.#checkedMedium(original.medium, 'source'), this.#streamIdOf(original), ctx.signal);
       try {
@@ -517,11 +569,11 @@ export class BackupManager {
   /** The catalog entries to apply, oldest first: a full backup, then incrementals up to `backupId`. */
   #chainOf(backupId: string): BackupEntry[] {
     const chain: BackupEntry[] = [];
-    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? (this.catalog.get(entry.parentId) ?? this.#standIn(entry.parentId)) : undefined) {
+    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? (this.#present(entry.parentId) ?? this.#standIn(entry.parentId)) : undefined) {
       if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${entry.id} in the chain of ${backupId} is ${entry.state}`);
       chain.unshift(entry);
       if (entry.kind === 'full') return chain;
-      if (entry.parentId && !this.catalog.get(entry.parentId) && !this.#standIn(entry.parentId)) {
+      if (entry.parentId && !this.#present(entry.parentId) && !this.#standIn(entry.parentId)) {
         throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog (nor a copy of it)`);
       }
     }

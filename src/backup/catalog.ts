@@ -44,9 +44,11 @@ const COLUMNS = `id, number, volume_name AS volumeName, volume_uuid AS volumeUui
   copied_from AS copiedFrom, error, created_at AS createdAt, finished_at AS finishedAt`;
 
 export class BackupCatalog {
+  readonly #store: MetaStore;
   readonly #statements;
 
   constructor(store: MetaStore) {
+    this.#store = store;
     this.#statements = {
       all: store.prepare<[], Row>(`SELECT ${COLUMNS} FROM backups ORDER BY number`),
       one: store.prepare<[string], Row>(`SELECT ${COLUMNS} FROM backups WHERE id = ?`),
@@ -58,6 +60,7 @@ export class BackupCatalog {
       complete: store.prepare(`UPDATE backups SET state = 'complete', stream_bytes = ?, data_bytes = ?, extents = ?, digest = ?, point_in_time = ?, finished_at = ? WHERE id = ?`),
       fail: store.prepare(`UPDATE backups SET state = 'failed', error = ?, finished_at = ? WHERE id = ?`),
       remove: store.prepare('DELETE FROM backups WHERE id = ?'),
+      repointCopies: store.prepare('UPDATE backups SET copied_from = ? WHERE copied_from = ?'),
     };
   }
 
@@ -95,8 +98,16 @@ export class BackupCatalog {
     this.#statements.fail.run(message, new Date().toISOString(), id);
   }
 
-  remove(id: string): void {
-    this.#statements.remove.run(id);
+  /**
+   * Removes an entry. `streamId`: the backup whose stream it holds; copies that named this entry
+   * as their source name that one instead, in the same transaction (catalogs from before copies
+   * named the original stream), so they still find their cartridges.
+   */
+  remove(id: string, streamId: string = id): void {
+    this.#store.transaction(() => {
+      if (streamId !== id) this.#statements.repointCopies.run(streamId, id);
+      this.#statements.remove.run(id);
+    });
   }
 }
 

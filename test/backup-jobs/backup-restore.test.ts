@@ -284,12 +284,41 @@ describe('backup and restore', () => {
     assertSameBytes(await array.volume('through-copy').read(0, SIZE), pointInTime, 'the chain through the copy');
     // Now the copy is the last holder of the base: refused in turn.
     await assert.rejects(array.backups.delete(copy.id, true), (error: ThinError) => error.code === 'CONFLICT');
-    // Without dependents, purging the copy removes its cartridges, which carry the original's id.
+    // A copy of that copy, its original gone: read from the copy, and named after the original stream.
+    const copy2 = await array.backups.copy(copy.id, `file:${path.join(media, 'copy2.tbk')}`);
+    const copied2 = await job(copy2.jobId!);
+    assert.equal(copied2.state, 'succeeded', JSON.stringify(copied2.error));
+    assert.deepEqual([array.backups.show(copy2.id).copiedFrom, array.backups.show(copy2.id).digest], [full.id, array.backups.show(copy.id).digest]);
+    // Two holders deleted at once: one delete wins, the other is refused, so one holder remains.
+    fs.writeFileSync(path.join(media, 'vault', `${full.id}.notes`), 'not a cartridge');
+    const outcomes = await Promise.allSettled([array.backups.delete(copy.id, true), array.backups.delete(copy2.id, true)]);
+    assert.deepEqual(outcomes.map((outcome) => outcome.status).sort(), ['fulfilled', 'rejected'], JSON.stringify(outcomes));
+    const survivor = outcomes[0]!.status === 'fulfilled' ? copy2 : copy;
+    const again = await job((await array.backups.restore({ source: incremental.id, to: 'through-survivor', method: 'remap', create: true })).jobId);
+    assert.equal(again.state, 'succeeded', JSON.stringify(again.error));
+    assertSameBytes(await array.volume('through-survivor').read(0, SIZE), pointInTime, 'the chain through the remaining copy');
+    // Without dependents, purging a copy on cartridges removes its cartridges (named after the
+    // original's id), and only those.
     await array.backups.delete(incremental.id, true);
     assert.equal((await array.backups.candidates('vm'))[0]!.incrementalBytes, null, 'the tracking base is gone: the next backup is a full one, as candidates say');
-    assert.ok(fs.readdirSync(path.join(media, 'vault')).some((name) => name.startsWith(`${full.id}.`)));
-    await array.backups.delete(copy.id, true);
-    assert.deepEqual(fs.readdirSync(path.join(media, 'vault')), [], 'the copy\'s cartridges purged');
+    await array.backups.delete(survivor.id, true);
+    assert.deepEqual(fs.readdirSync(path.join(media, 'vault')), [`${full.id}.notes`], 'cartridges purged, the look-alike kept');
+    assert.equal(fs.existsSync(path.join(media, 'copy2.tbk')), false);
+
+    // A failed copy holds nothing: it does not stand in for its original.
+    const base = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'base.tbk')}` });
+    assert.equal((await job(base.jobId!)).state, 'succeeded');
+    await array.volume('vm').write(2 * MiB, pattern(EXTENT, 31), { fua: false });
+    const onBase = await array.backups.create({ volume: 'vm', to: `file:${path.join(media, 'onbase.tbk')}`, incremental: true });
+    assert.equal((await job(onBase.jobId!)).state, 'succeeded');
+    execFileSync('mkfifo', [path.join(media, 'nobody.fifo')]);
+    const doomed = await array.backups.copy(base.id, `file:${path.join(media, 'nobody.fifo')}`);
+    while (array.jobs.get(doomed.jobId!)?.state !== 'running') await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, 200)); // waiting for a reader by now
+    array.jobs.cancel(doomed.jobId!);
+    assert.equal((await job(doomed.jobId!)).state, 'cancelled', 'a copy waiting on a FIFO cancels');
+    assert.equal(array.backups.show(doomed.id).state, 'failed');
+    await assert.rejects(array.backups.delete(base.id, false), (error: ThinError) => error.code === 'CONFLICT' && error.message.includes(onBase.id));
 
     // Two entries naming one file (the first's file moved away, a second backup made there):
     // purging the first would take the second's stream, so it is refused.

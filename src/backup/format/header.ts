@@ -59,20 +59,24 @@ export function recordBytesFor(sourceExtent: number, capacityBytes: number, exte
 
 /** Runs (flattened pairs) from ascending distinct extent numbers; adjacent extents join one run. */
 export function allocationRunsFromExtents(extents: ArrayLike<number>): Float64Array {
-  const pairs = new Float64Array(2 * extents.length); // at most one run per extent
-  let pairsUsed = 0;
-  let previous = -2;
+  // Two passes, so that memory follows the runs, not the extents (a volume of millions of
+  // adjacent extents is one run).
+  let runCount = 0;
   for (let i = 0; i < extents.length; i++) {
-    const extent = extents[i]!;
-    if (extent <= previous) throw new ThinError('INVALID_ARGUMENT', `allocation map extents must ascend: ${extent} after ${previous}`);
-    if (extent === previous + 1) pairs[pairsUsed - 1]!++;
+    const previous = i === 0 ? -2 : extents[i - 1]!;
+    if (extents[i]! <= previous) throw new ThinError('INVALID_ARGUMENT', `allocation map extents must ascend: ${extents[i]!} after ${previous}`);
+    if (extents[i] !== previous + 1) runCount++;
+  }
+  const pairs = new Float64Array(2 * runCount);
+  let pairsUsed = 0;
+  for (let i = 0; i < extents.length; i++) {
+    if (i > 0 && extents[i] === extents[i - 1]! + 1) pairs[pairsUsed - 1]!++;
     else {
-      pairs[pairsUsed++] = extent;
+      pairs[pairsUsed++] = extents[i]!;
       pairs[pairsUsed++] = 1;
     }
-    previous = extent;
   }
-  return pairs.slice(0, pairsUsed);
+  return pairs;
 }
 
 /** Every mapped extent of the runs, ascending. */

@@ -193,10 +193,15 @@ export class SequentialFileReader implements MediumReader {
  * Opens `filePath`. A FIFO's open waits for its other end (a reader for 'w', a writer for 'r') on a
  * thread-pool thread that nothing can interrupt: a backup cancelled while nobody read its FIFO
  * stayed "cancelling" for ever, and the daemon could not exit (Node joins its thread pool on exit).
- * So when `signal` aborts during the wait, the other end is opened here for an instant,
- * non-blocking, which lets the waiting open return; its descriptor is closed and the abort's reason
- * thrown. Repeated until the open returns: a knock that comes before the open started waiting
- * does not count. Only FIFOs are knocked on (opening a tape device can rewind it).
+ * So when `signal` aborts during the wait, the other end is opened here for an instant, which
+ * lets the waiting open return; its descriptor is closed and the abort's reason thrown.
+ * - Synchronously, non-blocking: a FIFO's O_NONBLOCK open never waits, and the thread pool may be
+ *   full of such waiting opens.
+ * - Repeated until the open returns: a knock that comes before the open started waiting does not
+ *   count; none once it has returned.
+ * - Only on a FIFO (opening a tape device can rewind it). It releases every open waiting on that
+ *   side of the FIFO, not only ours: another job waiting there at the same time sees its peer
+ *   come and go (an empty, truncated stream or a broken pipe), and fails clearly.
  */
 async function openDescriptor(filePath: string, flags: string, description: string, signal?: AbortSignal): Promise<number> {
   if (signal?.aborted) throw signal.reason;
@@ -204,17 +209,25 @@ async function openDescriptor(filePath: string, flags: string, description: stri
     fs.open(filePath, flags, 0o666, (error, fd) => (error ? reject(mediumError(error, description, 'open')) : resolve(fd)));
   });
   if (!signal) return await opening;
+  let settled = false;
   let knocking: NodeJS.Timeout | undefined;
+  const otherEnd = (flags === 'r' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK;
   const knock = (): void => {
-    fs.stat(filePath, (error, stats) => {
-      if (error || !stats.isFIFO()) return;
-      const otherEnd = (flags === 'r' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK;
-      fs.open(filePath, otherEnd, (openError, fd) => {
-        if (!openError) fs.close(fd, () => undefined);
-      });
-    });
+    if (settled) return;
+    try {
+      fs.closeSync(fs.openSync(filePath, otherEnd));
+    } catch {
+      // ENXIO: a writer's knock before our reader waits; the next one comes in FIFO_KNOCK_INTERVAL_MS
+    }
   };
   const onAbort = (): void => {
+    let isFifo = false;
+    try {
+      isFifo = fs.statSync(filePath).isFIFO();
+    } catch {
+      // gone: the open fails on its own
+    }
+    if (!isFifo) return;
     knock();
     knocking = setInterval(knock, FIFO_KNOCK_INTERVAL_MS);
   };
@@ -227,6 +240,7 @@ async function openDescriptor(filePath: string, flags: string, description: stri
     }
     return fd;
   } finally {
+    settled = true;
     signal.removeEventListener('abort', onAbort);
     clearInterval(knocking);
   }
