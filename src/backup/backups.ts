@@ -88,9 +88,9 @@ export class BackupManager {
   readonly catalog: BackupCatalog;
   /** `-` media the API attached, until their job opens them: backup id → the CLI's stdout; restore attachment → its stdin. */
   readonly #attachedWriters = new Map<string, MediumWriter>();
+  readonly #attachedReaders = new Map<string, MediumReader>();
   /** Entries between a delete's checks and their removal (their media being purged). */
   readonly #deleting = new Set<string>();
-  readonly #attachedReaders = new Map<string, MediumReader>();
 
   constructor(host: BackupHost, logger: Logger, mediaRoots: readonly string[]) {
     this.#host = host;
@@ -437,7 +437,7 @@ export class BackupManager {
       const check = await this.#readThrough(parseMedium(entry.medium), this.#streamIdOf(original), ctx.signal);
       if (check.digest !== original.digest) throw new ThinError('CORRUPT', `the copy on ${entry.medium} reads back with digest ${check.digest}, not ${original.digest}`);
       this.catalog.complete(copyId, { streamBytes: check.streamBytes, dataBytes: original.dataBytes, extents: original.extents, digest: check.digest, pointInTime: original.pointInTime });
-      return { backupId: copyId, copiedFrom: original.id, digest: check.digest };
+      return { backupId: copyId, copiedFrom: entry.copiedFrom, readFrom: original.id, digest: check.digest };
     } catch (error) {
       await writer?.abort().catch(() => undefined);
       this.catalog.fail(copyId, messageOf(error));
