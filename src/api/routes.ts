@@ -255,7 +255,7 @@ export const ROUTES: readonly Route[] = [
     path: '/backups/:id',
     operationId: 'deleteBackup',
     tag: 'backups',
-    summary: 'Remove a catalog entry (not while its job runs, nor while incrementals build on it and no complete copy of it remains: their restores need it); `?purgeMedia=true` also removes the backup file or its cartridges, unless the medium also holds another entry\'s stream.',
+    summary: 'Remove a catalog entry (not while its job runs or a restore, verify or copy job reads it, nor while incrementals build on it and no complete copy of it remains: their restores need it); `?purgeMedia=true` also removes the backup file or its cartridges, unless the medium also holds another entry\'s stream.',
     params: BackupIdParamsSchema,
     query: BackupDeleteQuerySchema,
     success: { status: 204, description: 'Deleted.' },

@@ -91,6 +91,8 @@ export class BackupManager {
   readonly #attachedReaders = new Map<string, MediumReader>();
   /** Entries between a delete's checks and their removal (their media being purged). */
   readonly #deleting = new Set<string>();
+  /** Entries that queued or running restore, verify and copy jobs read: id → how many such jobs. */
+  readonly #reading = new Map<string, number>();
 
   constructor(host: BackupHost, logger: Logger, mediaRoots: readonly string[]) {
     this.#host = host;
@@ -107,15 +109,23 @@ export class BackupManager {
     host.jobs.register({
       name: RESTORE_JOB, resumable: false,
       run: (ctx, params) => this.#runRestore(ctx, params),
-      finished: (params) => void this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment),
+      finished: (params) => {
+        this.#release((params as { readIds?: string[] }).readIds);
+        void this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment);
+      },
     });
-    host.jobs.register({ name: VERIFY_JOB, resumable: false, run: (ctx, params) => this.#runVerify(ctx, params) });
+    host.jobs.register({
+      name: VERIFY_JOB, resumable: false,
+      run: (ctx, params) => this.#runVerify(ctx, params),
+      finished: (params) => this.#release((params as { readIds?: string[] }).readIds),
+    });
     host.jobs.register({
       name: COPY_JOB, resumable: false,
       run: (ctx, params) => this.#runCopy(ctx, params),
       // A copy cancelled while queued never ran: its entry ends failed, not "running" for ever.
       finished: (params) => {
-        const { copyId } = params as { copyId: string };
+        const { copyId, readIds } = params as { copyId: string; readIds?: string[] };
+        this.#release(readIds);
         if (this.catalog.get(copyId)?.state === 'running') this.catalog.fail(copyId, 'the job ended before it ran');
       },
     });
@@ -283,6 +293,7 @@ export class BackupManager {
     const entry = this.#entry(id);
     if (entry.state === 'running') throw new ThinError('BUSY', `backup ${id} is still running (job ${entry.jobId ?? '?'}); cancel it first`);
     if (this.#deleting.has(id)) throw new ThinError('BUSY', `backup ${id} is being deleted`);
+    if (this.#reading.has(id)) throw new ThinError('BUSY', `backup ${id} is being read by a restore, verify or copy job (job list); delete it once that ends, or cancel the job`);
     // Incrementals name their parent by its stream's id; the original or any complete copy serves.
     // Entries being deleted (their media purged meanwhile) count as gone already.
     const streamId = this.#streamIdOf(entry);
@@ -300,6 +311,20 @@ export class BackupManager {
       this.catalog.remove(id, streamId);
     } finally {
       this.#deleting.delete(id);
+    }
+  }
+
+  /** Marks entries as read by a job, from its start to its end (its kind's finished hook), so no delete takes them meanwhile. */
+  #hold(ids: readonly string[]): string[] {
+    for (const id of ids) this.#reading.set(id, (this.#reading.get(id) ?? 0) + 1);
+    return [...ids];
+  }
+
+  #release(ids: readonly string[] | undefined): void {
+    for (const id of ids ?? []) {
+      const left = (this.#reading.get(id) ?? 0) - 1;
+      if (left > 0) this.#reading.set(id, left);
+      else this.#reading.delete(id);
     }
   }
 
@@ -402,10 +427,12 @@ export class BackupManager {
     // copiedFrom names the backup whose stream this is: a copy of a copy is a copy of the original.
     this.catalog.insert({ ...original, id: copyId, number, medium: formatMedium(medium), copiedFrom: streamId, createdAt: new Date().toISOString() });
     let job: { id: string };
+    const readIds = this.#hold([original.id]);
     try {
       // sourceId: the entry read, which is `id` (a copy of a copy reads the copy, even when the original is gone).
-      job = this.#host.jobs.start(COPY_JOB, { copyId, sourceId: original.id, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
+      job = this.#host.jobs.start(COPY_JOB, { copyId, sourceId: original.id, readIds, mediaSizeBytes: mediaSizeBytes ?? null }, `copy of backup ${id} to ${formatMedium(medium)}`);
     } catch (error) {
+      this.#release(readIds);
       this.catalog.remove(copyId); // no job (too many, or shutting down): no entry left "running" for ever
       throw error;
     }
@@ -475,7 +502,14 @@ export class BackupManager {
   async verify(source: string): Promise<{ jobId: string }> {
     const { medium, backupId } = await this.#resolveSource(source);
     requireExisting(medium);
-    const job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId }, `verify ${source}`);
+    const readIds = this.#hold(backupId ? [backupId] : []);
+    let job: { id: string };
+    try {
+      job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId, readIds }, `verify ${source}`);
+    } catch (error) {
+      this.#release(readIds);
+      throw error;
+    }
     return { jobId: job.id };
   }
 
@@ -523,13 +557,16 @@ export class BackupManager {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
     requireExisting(medium);
+    // The chain is resolved now, so a broken one is said at once, and its entries are held for the job.
+    const readIds = this.#hold(backupId ? this.#chainOf(backupId).map((entry) => entry.id) : []);
     const attachment = attached ? randomUUID() : null;
     if (attachment !== null) this.#attachedReaders.set(attachment, attached!);
     const from = medium.kind === 'stdio' ? "the CLI's stdin" : request.source;
     try {
-      const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, ...request }, `${request.method} restore of ${from} to ${request.to}`);
+      const job = this.#host.jobs.start(RESTORE_JOB, { medium: formatMedium(medium), backupId, attachment, readIds, ...request }, `${request.method} restore of ${from} to ${request.to}`);
       return { jobId: job.id };
     } catch (error) {
+      this.#release(readIds);
       await this.#dropAttached(this.#attachedReaders, attachment);
       throw error;
     }

@@ -315,6 +315,9 @@ describe('backup and restore', () => {
     const doomed = await array.backups.copy(base.id, `file:${path.join(media, 'nobody.fifo')}`);
     while (array.jobs.get(doomed.jobId!)?.state !== 'running') await new Promise((resolve) => setTimeout(resolve, 20));
     await new Promise((resolve) => setTimeout(resolve, 200)); // waiting for a reader by now
+    // Meanwhile the copy job holds its source: no delete may take it away under the job.
+    await assert.rejects(array.backups.delete(base.id, true), (error: ThinError) => error.code === 'BUSY' && /being read by a restore, verify or copy job/.test(error.message));
+    assert.ok(fs.existsSync(path.join(media, 'base.tbk')));
     array.jobs.cancel(doomed.jobId!);
     assert.equal((await job(doomed.jobId!)).state, 'cancelled', 'a copy waiting on a FIFO cancels');
     assert.equal(array.backups.show(doomed.id).state, 'failed');
