@@ -297,10 +297,8 @@ export class BackupManager {
     // Incrementals name their parent by its stream's id; the original or any complete copy serves.
     // Entries being deleted (their media purged meanwhile) count as gone already.
     const streamId = this.#streamIdOf(entry);
-    const entries = this.#listed();
-    const dependents = entries.filter((other) => other.parentId === streamId && other.state !== 'failed');
-    const otherHolders = entries.filter((other) => other.id !== id && other.state === 'complete' && this.#streamIdOf(other) === streamId);
-    if (entry.state === 'complete' && dependents.length > 0 && otherHolders.length === 0) {
+    const dependents = this.#listed().filter((other) => other.parentId === streamId && other.state !== 'failed');
+    if (entry.state === 'complete' && dependents.length > 0 && !this.#holders(streamId).some((other) => other.id !== id)) {
       throw new ThinError('CONFLICT', `backup ${id} is the base of ${dependents.map((other) => `${other.id} (${other.kind})`).join(', ')}: their restores need it; delete them first, or keep a copy of it (backup copy)`);
     }
     // From the check to the removal the entry counts as gone (#listed, #incrementalParent): a
@@ -338,9 +336,14 @@ export class BackupManager {
     return this.#deleting.has(id) ? undefined : this.catalog.get(id);
   }
 
+  /** The complete entries, not being deleted, that hold backup `streamId`'s stream: it and its copies. */
+  #holders(streamId: string): BackupEntry[] {
+    return this.#listed().filter((other) => other.state === 'complete' && this.#streamIdOf(other) === streamId);
+  }
+
   /** A complete copy of backup `id` (the same stream, byte for byte), which a chain can use when `id` itself is gone. */
   #standIn(id: string): BackupEntry | undefined {
-    return this.#listed().find((other) => other.state === 'complete' && other.copiedFrom !== null && this.#streamIdOf(other) === id);
+    return this.#holders(id).find((other) => other.copiedFrom !== null);
   }
 
   /**
@@ -393,10 +396,13 @@ export class BackupManager {
   async candidates(volumeName: string): Promise<BackupCandidate[]> {
     const volume = this.#host.volume(volumeName);
     const fullBytes = volume.allocatedBytes + BACKUP_OVERHEAD_BYTES + volume.map.mappedCount * RECORD_OVERHEAD_BYTES;
-    let changedExtents = 0;
-    if (volume.changes) for (const extent of volume.changes.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
     // As backup create --incremental decides: without a parent to build on, it takes a full backup.
-    const incrementalBytes = this.#incrementalParent(volume) ? changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES : null;
+    let incrementalBytes: number | null = null;
+    if (this.#incrementalParent(volume)) {
+      let changedExtents = 0;
+      for (const extent of volume.changes!.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
+      incrementalBytes = changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES;
+    }
     const candidates: BackupCandidate[] = [];
     const candidate = async (medium: string, root: string, directory: string): Promise<BackupCandidate> => {
       const stats = await fs.promises.statfs(directory).catch(() => undefined);
@@ -606,15 +612,15 @@ export class BackupManager {
   /** The catalog entries to apply, oldest first: a full backup, then incrementals up to `backupId`. */
   #chainOf(backupId: string): BackupEntry[] {
     const chain: BackupEntry[] = [];
-    for (let entry: BackupEntry | undefined = this.#entry(backupId); entry; entry = entry.parentId ? (this.#present(entry.parentId) ?? this.#standIn(entry.parentId)) : undefined) {
+    for (let entry = this.#entry(backupId); ; ) {
       if (entry.state !== 'complete') throw new ThinError('CONFLICT', `backup ${entry.id} in the chain of ${backupId} is ${entry.state}`);
       chain.unshift(entry);
       if (entry.kind === 'full') return chain;
-      if (entry.parentId && !this.#present(entry.parentId) && !this.#standIn(entry.parentId)) {
-        throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog (nor a copy of it)`);
-      }
+      if (!entry.parentId) throw new ThinError('CORRUPT', `the chain of ${backupId} does not end in a full backup`);
+      const parent = this.#present(entry.parentId) ?? this.#standIn(entry.parentId);
+      if (!parent) throw new ThinError('NOT_FOUND', `backup ${entry.id} builds on ${entry.parentId}, which is no longer in the catalog (nor a copy of it)`);
+      entry = parent;
     }
-    throw new ThinError('CORRUPT', `the chain of ${backupId} does not end in a full backup`);
   }
 
   /** Each link of a chain must be what the catalog says, on top of the link before it. */

@@ -87,6 +87,20 @@ export function writeU64(buffer: Buffer, value: number, offset: number): void {
   buffer.writeUInt32LE(Math.floor(value / 0x1_0000_0000), offset + 4);
 }
 
+/**
+ * Writes `count` numbers from `values[first]` on as consecutive u64s at the start of `target`, as
+ * writeU64 writes one: through a DataView, since allocation maps and correspondence tables are
+ * millions of numbers written before a backup's first byte of data.
+ */
+export function writeU64s(target: Buffer, values: ArrayLike<number>, first: number, count: number): void {
+  const words = new DataView(target.buffer, target.byteOffset, target.byteLength);
+  for (let n = 0; n < count; n++) {
+    const value = values[first + n]!;
+    words.setUint32(n * 8, value % 0x1_0000_0000, true);
+    words.setUint32(n * 8 + 4, Math.floor(value / 0x1_0000_0000), true);
+  }
+}
+
 /** Reads a u64; returns -1 when it is beyond 2^53 (no field of ours can be, so the caller reports it as corrupt). */
 export function readU64(buffer: Buffer, offset: number): number {
   const high = buffer.readUInt32LE(offset + 4);

@@ -12,7 +12,7 @@ import { BACKUP_LIMITS } from './limits.js';
 import { countsOf, findHeaderProblem, recordBytesFor, renderHeadPayload, type BackupHeaderFields } from './header.js';
 import {
   CORRESPONDENCE_ENTRY_BYTES, DIGEST_ALGORITHM, FRAME_HEADER_BYTES, RUN_BYTES, TAG, TRAILER,
-  crc32, renderFrameHeader, renderPreamble, writeU64, type FrameTag,
+  crc32, renderFrameHeader, renderPreamble, writeU64, writeU64s, type FrameTag,
 } from './layout.js';
 
 /** What finish() reports: the numbers a catalog entry keeps. */
@@ -202,16 +202,9 @@ export class BackupStreamWriter {
   async #appendTable(tag: FrameTag, values: ArrayLike<number>, numbersPerEntry: number, perFrame: number, entryBytes: number): Promise<void> {
     const entryCount = values.length / numbersPerEntry;
     const payload = Buffer.alloc(perFrame * entryBytes);
-    // A DataView rather than writeU64's two Buffer calls per number: a million-extent map is
-    // millions of numbers, written before the first byte of data.
-    const words = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     for (let first = 0; first < entryCount; first += perFrame) {
       const count = Math.min(perFrame, entryCount - first);
-      for (let n = 0; n < count * numbersPerEntry; n++) {
-        const value = values[first * numbersPerEntry + n]!;
-        words.setUint32(n * 8, value % 0x1_0000_0000, true);
-        words.setUint32(n * 8 + 4, Math.floor(value / 0x1_0000_0000), true);
-      }
+      writeU64s(payload, values, first * numbersPerEntry, count * numbersPerEntry);
       await this.#appendFrame(tag, payload.subarray(0, count * entryBytes), first, count);
     }
   }
