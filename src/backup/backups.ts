@@ -31,6 +31,7 @@ import type { CopyManager } from '../copy/copies.js';
 import { BackupCatalog, type BackupEntry } from './catalog.js';
 import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFromExtents, extentsOfRuns, type BackupHeader } from './format/index.js';
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
+import { requireFreeEnd } from './media/file-medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
 import { backupIdsInDir } from './media/dir-medium.js';
 import { resolveUnderRoots } from './media/roots.js';
@@ -507,7 +508,7 @@ export class BackupManager {
 
   async verify(source: string): Promise<{ jobId: string }> {
     const { medium, backupId } = await this.#resolveSource(source);
-    requireExisting(medium);
+    await requireReadable(medium);
     const readIds = this.#hold(backupId ? [backupId] : []);
     let job: { id: string };
     try {
@@ -562,7 +563,7 @@ export class BackupManager {
     if (writers > 0 && request.force !== true) {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
-    requireExisting(medium);
+    await requireReadable(medium);
     // The chain is resolved now, so a broken one is said at once, and its entries are held for the job.
     const readIds = this.#hold(backupId ? this.#chainOf(backupId).map((entry) => entry.id) : []);
     const attachment = attached ? randomUUID() : null;
@@ -933,13 +934,14 @@ async function requireFreshDestination(medium: Medium): Promise<void> {
   if (medium.kind === 'file' && (await fs.promises.lstat(medium.path).catch(() => undefined))?.isFile()) {
     throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already exists (refusing to overwrite what may be another backup)`, { field: 'to' });
   }
+  if (medium.kind === 'file') await requireFreeEnd(medium.path, 'write', `to: ${formatMedium(medium)}`, 'to');
 }
 
-/** A medium to read must exist: say so before a job is started for it. */
-function requireExisting(medium: Medium): void {
-  if (medium.kind !== 'stdio' && medium.kind !== 'volume' && !fs.existsSync(medium.path)) {
-    throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
-  }
+/** A medium to read must exist, and a FIFO or tape be free of other jobs' reads: say so before a job is started for it. */
+async function requireReadable(medium: Medium): Promise<void> {
+  if (medium.kind === 'stdio' || medium.kind === 'volume') return;
+  if (!fs.existsSync(medium.path)) throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
+  if (medium.kind === 'file') await requireFreeEnd(medium.path, 'read', `source: ${formatMedium(medium)}`, 'source');
 }
 
 function viewName(backupId: string): string {

@@ -228,12 +228,14 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     // Writeback into a volume holding other data: extents unmapped at backup time must be trimmed.
     await createVolume('pipe-wb', '24M', [[10 * MiB, MiB, 0x99], [0, 4096, 0x98]]);
 
+    // One FIFO for both rounds: a job holds its end only while it runs (a second job on the same
+    // end is refused), so the second round finds both ends given back.
+    const fifo = media('pipe.fifo');
+    await runOk('mkfifo', [fifo]);
     for (const [round, restoreArgs] of [
       ['writeback', ['--to', 'pipe-wb', '--method', 'writeback']],
       ['remap', ['--to', 'pipe-remap', '--create']],
     ] as const) {
-      const fifo = media(`pipe-${round}.fifo`);
-      await runOk('mkfifo', [fifo]);
       const started = await daemon.cliJson<BackupEntry>(['backup', 'create', 'pipe-src', '--to', `file:${fifo}`, '--no-wait'], { timeoutMs: 30_000 });
       const restore = await daemon.cli(['restore', `file:${fifo}`, ...restoreArgs], { timeoutMs: JOB_TIMEOUT_MS });
       assertOk(restore, `restore from the FIFO (${round})`);
@@ -250,13 +252,17 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     const fifo = media('nobody.fifo');
     await runOk('mkfifo', [fifo]);
     const jobState = async (jobId: string): Promise<string> => (await daemon.cliJson<{ state: string }>(['job', 'show', jobId])).state;
-    /** Cancels a job once it is running (waiting in the open), and returns how long it took to end. */
-    const cancelWhileWaiting = async (jobId: string): Promise<number> => {
+    /** Returns once the job is running and, by then, waiting in the FIFO's open. */
+    const waitInOpen = async (jobId: string): Promise<void> => {
       for (let waitedMs = 0; (await jobState(jobId)) !== 'running'; waitedMs += 50) {
         assert.ok(waitedMs < 10_000, `job ${jobId} did not start`);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       await new Promise((resolve) => setTimeout(resolve, 300)); // well inside the open by now
+    };
+    /** Cancels a job once it is waiting in the open, and returns how long it took to end. */
+    const cancelWhileWaiting = async (jobId: string): Promise<number> => {
+      await waitInOpen(jobId);
       const startedMs = performance.now();
       assertOk(await daemon.cli(['job', 'cancel', jobId]), 'job cancel');
       while ((await jobState(jobId)) !== 'cancelled') {
@@ -266,7 +272,29 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
       return performance.now() - startedMs;
     };
 
+    /** Starts a job on the FIFO (it then waits in the open) and returns its id. */
+    const startJob = async (args: string[]): Promise<string> => {
+      const started = await daemon.cli([...args, '--no-wait']);
+      assertOk(started, args.join(' '));
+      const jobId = /(job-\d+)/.exec(started.stdout)?.[1];
+      assert.ok(jobId, started.stdout);
+      return jobId;
+    };
+    /** A second job on the same end of the FIFO is refused before anything is recorded (two writers would interleave their streams). */
+    const assertRefused = async (args: string[], expected: RegExp): Promise<void> => {
+      const backupsBefore = (await daemon.cliJson<{ backups: BackupEntry[] }>(['backup', 'list'])).backups.length;
+      const refused = await daemon.cli(args);
+      assert.equal(refused.code, 1, `${args.join(' ')}: ${refused.stdout}${refused.stderr}`);
+      assert.match(refused.stderr, expected);
+      assert.equal((await daemon.cliJson<{ backups: BackupEntry[] }>(['backup', 'list'])).backups.length, backupsBefore, 'no catalog entry for the refused request');
+    };
+    const sameFifo = media('nobody-link.fifo');
+    fs.linkSync(fifo, sameFifo); // another name for the same FIFO
+
     const backup = await daemon.cliJson<BackupEntry>(['backup', 'create', 'fifo-wait', '--to', `file:${fifo}`, '--no-wait']);
+    await waitInOpen(backup.jobId!);
+    await assertRefused(['backup', 'create', 'fifo-wait', '--to', `file:${fifo}`], /another job is already writing to this FIFO/);
+    await assertRefused(['backup', 'create', 'fifo-wait', '--to', `file:${sameFifo}`], /another job is already writing to this FIFO/);
     await cancelWhileWaiting(backup.jobId!);
     assert.equal((await daemon.cliJson<BackupEntry>(['backup', 'show', backup.id])).state, 'failed');
     const volumes = (await daemon.cliJson<{ volumes: VolumeInfo[] }>(['volume', 'list'])).volumes.map((volume) => volume.name);
@@ -276,9 +304,14 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     assertOk(restore, 'restore --no-wait');
     const restoreJob = /job (job-\d+)/.exec(restore.stdout)?.[1];
     assert.ok(restoreJob, restore.stdout);
+    await waitInOpen(restoreJob);
+    await assertRefused(['restore', `file:${sameFifo}`, '--to', 'fifo-never-2', '--create'], /another job is already reading from this FIFO/);
     await cancelWhileWaiting(restoreJob);
     assert.equal((await daemon.cli(['volume', 'show', 'fifo-never'])).code, 1, 'no volume was made');
     assert.equal(fs.statSync(fifo).isFIFO(), true);
+    // The cancelled jobs gave their ends back: a new backup may wait on the FIFO again.
+    await cancelWhileWaiting(await startJob(['backup', 'create', 'fifo-wait', '--to', `file:${sameFifo}`]));
+    fs.rmSync(sameFifo);
 
     // A daemon of its own, stopped while its backup waits for a reader: it exits, and promptly
     // (Node joins its thread pool on exit: an open left waiting kept it alive for ever).

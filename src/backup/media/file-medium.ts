@@ -14,6 +14,50 @@ import { fileMediumWriteBehind, mediumError, type MediumReader, type MediumWrite
 
 type FileKind = 'file' | 'fifo' | 'char-device';
 
+// ---- one job per FIFO end or tape ------------------------------------------------------------
+
+/**
+ * The FIFO ends (by side) and tape devices that a medium of this process has open or is opening.
+ * Two writers on one FIFO interleave their streams, two readers split one stream between them, and
+ * the release of a cancelled wait (openDescriptor) would also release a second job waiting on the
+ * same side: so each is one job's at a time, and the second is refused (BUSY) before it opens.
+ * Keyed by device and inode, so another path to the same FIFO (a hard link) is the same FIFO.
+ */
+const claimedEnds = new Set<string>();
+
+type Side = 'write' | 'read';
+
+function endKey(stats: fs.Stats, kind: FileKind, side: Side): string {
+  // A FIFO's two ends are two media (a backup writing while a restore reads it); a tape is one.
+  return kind === 'fifo' ? `${stats.dev}:${stats.ino}:${side}` : `${stats.dev}:${stats.ino}`;
+}
+
+/** Claims the end of the FIFO or tape at `filePath` for one medium; returns its release (idempotent). */
+function claimEnd(filePath: string, kind: FileKind, side: Side, description: string, field = 'medium'): () => void {
+  const key = endKey(fs.statSync(filePath), kind, side);
+  if (claimedEnds.has(key)) {
+    const what = kind === 'fifo' ? `another job is already ${side === 'write' ? 'writing to' : 'reading from'} this FIFO` : 'another job is already using this device';
+    throw new ThinError('BUSY', `${description}: ${what}; wait for it to end or cancel it (job list)`, { field });
+  }
+  claimedEnds.add(key);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    claimedEnds.delete(key);
+  };
+}
+
+/**
+ * Throws BUSY when a job of this process holds that end of the FIFO or tape at `filePath` (nothing
+ * when it is anything else, or nothing): for a request to be refused before it records anything.
+ */
+export async function requireFreeEnd(filePath: string, side: Side, description: string, field: string): Promise<void> {
+  const kind = await statMediumPath(filePath, description);
+  if (kind !== 'fifo' && kind !== 'char-device') return;
+  claimEnd(filePath, kind, side, description, field)();
+}
+
 /** What is at `filePath`: null when nothing is; throws for kinds a medium cannot be. */
 export async function statMediumPath(filePath: string, description: string): Promise<FileKind | null> {
   let stats: fs.Stats;
@@ -40,14 +84,27 @@ export async function openFileWriter(filePath: string, options: { overwrite?: bo
   if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
   // A new file is created with O_EXCL, failing if one appeared meanwhile (O_EXCL also refuses a symlink planted there).
   if (kind === null || kind === 'file') return await DirectFileWriter.open(filePath, description, kind === null);
-  return await SequentialFileWriter.open(filePath, description, 'w', false, options.signal);
+  const release = claimEnd(filePath, kind, 'write', description);
+  try {
+    return await SequentialFileWriter.open(filePath, description, 'w', false, options.signal, release);
+  } catch (error) {
+    release();
+    throw error;
+  }
 }
 
 export async function openFileReader(filePath: string, signal?: AbortSignal): Promise<MediumReader> {
   const description = `file:${filePath}`;
   const kind = await statMediumPath(filePath, description);
   if (kind === null) throw new ThinError('NOT_FOUND', `${description} does not exist`, { field: 'medium' });
-  return await SequentialFileReader.open(filePath, description, signal);
+  if (kind === 'file') return await SequentialFileReader.open(filePath, description, signal);
+  const release = claimEnd(filePath, kind, 'read', description);
+  try {
+    return await SequentialFileReader.open(filePath, description, signal, release);
+  } catch (error) {
+    release();
+    throw error;
+  }
 }
 
 /** One fs.WriteStream: writes in order at the current file position. */
@@ -64,8 +121,10 @@ export class SequentialFileWriter implements MediumWriter {
    */
   readonly #writeBehind: WriteBehind;
 
-  private constructor(stream: fs.WriteStream, description: string, fd: number, durable: boolean) {
+  /** `release` gives back the claim on a FIFO end or tape (claimEnd) when the descriptor is closed, however that happens. */
+  private constructor(stream: fs.WriteStream, description: string, fd: number, durable: boolean, release: () => void) {
     this.#stream = stream;
+    stream.once('close', release);
     this.description = description;
     this.#durable = durable;
     this.#writeBehind = fileMediumWriteBehind(fd, description, (error) => (this.#error ??= error));
@@ -74,12 +133,12 @@ export class SequentialFileWriter implements MediumWriter {
     });
   }
 
-  static async open(filePath: string, description: string, flags: string, fsyncOnClose: boolean, signal?: AbortSignal): Promise<SequentialFileWriter> {
+  static async open(filePath: string, description: string, flags: string, fsyncOnClose: boolean, signal?: AbortSignal, release: () => void = () => undefined): Promise<SequentialFileWriter> {
     // No `start`: fs streams then write at the current position (write(2), not pwrite(2)), which a FIFO needs.
     // The descriptor is opened here, not by the stream, because the write-behind sync needs it.
     const fd = await openDescriptor(filePath, flags, description, signal);
     const stream = fs.createWriteStream(filePath, { fd, flush: fsyncOnClose, highWaterMark: BACKUP_LIMITS.writeChunkBytes });
-    return new SequentialFileWriter(stream, description, fd, fsyncOnClose);
+    return new SequentialFileWriter(stream, description, fd, fsyncOnClose, release);
   }
 
   get bytesWritten(): number {
@@ -137,15 +196,18 @@ export class SequentialFileReader implements MediumReader {
   #ahead: Promise<Buffer | null> | null = null;
   #bytesRead = 0;
   #closed = false;
+  /** Gives back the claim on a FIFO end or tape (claimEnd), once the descriptor is closed. */
+  readonly #release: () => void;
 
-  private constructor(fd: number, description: string) {
+  private constructor(fd: number, description: string, release: () => void) {
     this.#fd = fd;
     this.description = description;
+    this.#release = release;
   }
 
-  static async open(filePath: string, description: string, signal?: AbortSignal): Promise<SequentialFileReader> {
+  static async open(filePath: string, description: string, signal?: AbortSignal, release: () => void = () => undefined): Promise<SequentialFileReader> {
     const fd = await openDescriptor(filePath, 'r', description, signal);
-    return new SequentialFileReader(fd, description);
+    return new SequentialFileReader(fd, description, release);
   }
 
   get bytesRead(): number {
@@ -171,6 +233,7 @@ export class SequentialFileReader implements MediumReader {
     await this.#ahead?.catch(() => undefined); // never close the descriptor under a running read
     this.#ahead = null;
     await new Promise<void>((resolve) => fs.close(this.#fd, () => resolve()));
+    this.#release();
   }
 
   /** The next chunk into the next ring slot; null at the end of the stream. */
@@ -188,7 +251,6 @@ export class SequentialFileReader implements MediumReader {
 }
 
 
-/** fs.open (a FIFO's open waits for its other end, on the thread pool), failures named for the medium. */
 /**
  * Opens `filePath`. A FIFO's open waits for its other end (a reader for 'w', a writer for 'r') on a
  * thread-pool thread that nothing can interrupt: a backup cancelled while nobody read its FIFO
@@ -200,8 +262,8 @@ export class SequentialFileReader implements MediumReader {
  * - Repeated until the open returns: a knock that comes before the open started waiting does not
  *   count; none once it has returned.
  * - Only on a FIFO (opening a tape device can rewind it). It releases every open waiting on that
- *   side of the FIFO, not only ours: another job waiting there at the same time sees its peer
- *   come and go (an empty, truncated stream or a broken pipe), and fails clearly.
+ *   side of the FIFO: no other job of this daemon waits there (claimEnd), but a process outside it
+ *   that does sees its peer come and go (an empty, truncated stream or a broken pipe).
  */
 async function openDescriptor(filePath: string, flags: string, description: string, signal?: AbortSignal): Promise<number> {
   if (signal?.aborted) throw signal.reason;
