@@ -410,9 +410,10 @@ function updateVolume(array: StorageArrayApi, name: string, update: VolumeUpdate
 }
 
 /** Only the fields given: the manager tells "not given" from "given empty". */
-function backupCreateRequest(body: { volume: string; to: string; incremental?: boolean | undefined; mediaSizeBytes?: number | undefined; labels?: string[] | undefined; description?: string | undefined }): BackupCreateRequest {
+function backupCreateRequest(body: { volume: string; to: string; incremental?: boolean | undefined; via?: string | undefined; mediaSizeBytes?: number | undefined; labels?: string[] | undefined; description?: string | undefined }): BackupCreateRequest {
   const request: BackupCreateRequest = { volume: body.volume, to: body.to };
   if (body.incremental !== undefined) request.incremental = body.incremental;
+  if (body.via !== undefined) request.via = body.via;
   if (body.mediaSizeBytes !== undefined) request.mediaSizeBytes = body.mediaSizeBytes;
   if (body.labels !== undefined) request.labels = body.labels;
   if (body.description !== undefined) request.description = body.description;

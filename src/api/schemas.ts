@@ -171,6 +171,11 @@ export const BackupCreateRequestSchema = z.strictObject({
     .boolean({ error: 'expected true or false' })
     .optional()
     .meta({ description: "Only the extents changed since the volume's previous complete backup (a full backup when there is none)." }),
+  via: z
+    .string({ error: 'expected a string' })
+    .max(200, { error: 'must be at most 200 characters' })
+    .optional()
+    .meta({ description: 'How the point in time is taken: "compact" (the default: a compact point-in-time view; the catalog\'s `method`). "pair:NAME" (a split mirror pair) and "cow" (copy-before-write through working volumes) are refused with UNSUPPORTED until those features exist.', examples: ['compact'] }),
   mediaSizeBytes: sizeSchema({ minBytes: 1, description: 'dir: media: the size of each cartridge file, label included (bytes or "1G").' }).optional(),
   labels: z
     .array(z.string().max(200, { error: 'must be at most 200 characters' }), { error: 'expected a list of strings' })

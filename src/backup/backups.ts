@@ -62,6 +62,8 @@ export interface BackupCreateRequest {
   to: string;
   /** Only the extents changed since the volume's previous backup (a full backup when there is none). */
   incremental?: boolean;
+  /** How the point in time is taken (backupMethodOf): 'compact', the default, is the only one so far. */
+  via?: string;
   mediaSizeBytes?: number;
   labels?: string[];
   description?: string;
@@ -144,12 +146,13 @@ export class BackupManager {
 
   // ---- backup create ------------------------------------------------------------------------
 
-  /** Takes the point in time (the view) before it returns; the stream is then written by a job. */
   /**
+   * Takes the point in time (the view) before it returns; the stream is then written by a job.
    * `attached` is the medium for `to: "-"`: the API's HTTP response, streamed to the CLI's stdout
    * (POST /backups/stream). Any other medium is opened by the job under the media roots.
    */
   async create(request: BackupCreateRequest, attached?: MediumWriter): Promise<BackupEntry> {
+    const method = backupMethodOf(request.via);
     const volume = this.#host.volume(request.volume);
     const medium = request.to === '-' ? this.#attachedMedium(attached !== undefined, 'to', '/backups/stream', '--to -') : await this.#checkedMedium(request.to, 'to');
     const labels = request.labels ?? [];
@@ -171,7 +174,7 @@ export class BackupManager {
     const id = `bk-${String(number).padStart(6, '0')}`;
     const now = new Date().toISOString();
     this.catalog.insert({
-      id, number, volumeName: volume.name, volumeUuid: volume.row.uuid, pointInTime: now, method: 'compact',
+      id, number, volumeName: volume.name, volumeUuid: volume.row.uuid, pointInTime: now, method,
       kind: parent ? 'incremental' : 'full', parentId: parent?.id ?? null,
       generation: this.catalog.nextGeneration(volume.row.uuid), medium: formatMedium(medium), capacityBytes: volume.sizeBytes,
       extentBytes: volume.extentBytes, labels, description: request.description ?? '', copiedFrom: null, createdAt: now,
@@ -935,6 +938,21 @@ async function requireFreshDestination(medium: Medium): Promise<void> {
     throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already exists (refusing to overwrite what may be another backup)`, { field: 'to' });
   }
   if (medium.kind === 'file') await requireFreeEnd(medium.path, 'write', `to: ${formatMedium(medium)}`, 'to');
+}
+
+/**
+ * How a backup's point in time is taken (`--via`). Only 'compact' so far: a compact point-in-time
+ * view. The spec's other two, through a split mirror pair (pair:NAME) and copy-before-write through
+ * working volumes (cow), come with those features; until then they are refused by name rather than
+ * quietly taken as compact, so a script that asks for one learns it did not get it.
+ */
+function backupMethodOf(via: string | undefined): 'compact' {
+  if (via === undefined || via === 'compact') return 'compact';
+  if (via === 'cow' || /^pair:./.test(via)) {
+    const what = via === 'cow' ? 'copy-before-write backups through working volumes' : 'backups of a split mirror pair';
+    throw new ThinError('UNSUPPORTED', `via: ${via}: ${what} are not available in this daemon yet; use compact (the default)`, { field: 'via' });
+  }
+  throw new ThinError('INVALID_ARGUMENT', `via: must be compact, pair:NAME or cow (got ${JSON.stringify(via)})`, { field: 'via' });
 }
 
 /** A medium to read must exist, and a FIFO or tape be free of other jobs' reads: say so before a job is started for it. */

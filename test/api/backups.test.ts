@@ -76,7 +76,7 @@ describe('backup API routes', () => {
   }
 
   test('create (file: and dir: with a text size), list with a filter, show, verify, restore, delete', async () => {
-    const created = await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'a.tbk')}`, labels: ['l1'], description: 'd' });
+    const created = await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'a.tbk')}`, via: 'compact', labels: ['l1'], description: 'd' });
     assert.equal(created.status, 202, JSON.stringify(created.json));
     assert.match(created.json.id, /^bk-\d+$/);
     assert.match(created.json.jobId, /^job-/);
@@ -85,6 +85,7 @@ describe('backup API routes', () => {
     assert.equal(shown.json.state, 'complete');
     assert.equal(shown.json.extents, 3);
     assert.deepEqual(shown.json.labels, ['l1']);
+    assert.equal(shown.json.method, 'compact');
 
     const carts = await call('POST', '/backups', { volume: 'vm', to: `dir:${media}`, mediaSizeBytes: '64K' });
     assert.equal(carts.status, 202, JSON.stringify(carts.json));
@@ -173,6 +174,14 @@ describe('backup API routes', () => {
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `dir:${media}`, mediaSizeBytes: 'big' }), 400, 'mediaSizeBytes');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, labels: 'one' }), 400, 'labels');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, extra: 1 }), 400, 'extra');
+    // The spec's other ways of taking the point in time are refused by name until they exist.
+    for (const via of ['cow', 'pair:p1']) {
+      const reply = await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, via });
+      assertRefused(reply, 400, 'via');
+      assert.equal(reply.json.error.code, 'UNSUPPORTED');
+    }
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, via: 'snapshot' }), 400, 'via');
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, via: 'pair:' }), 400, 'via');
     assert.equal((await call('POST', '/backups', { volume: 'nope', to: `file:${path.join(media, 'y.tbk')}` })).status, 404);
     assertRefused(await call('GET', '/backups/not-an-id'), 400, 'id');
     assert.equal((await call('GET', '/backups/bk-999999')).status, 404);

@@ -26,6 +26,7 @@ const JOB_TIMEOUT_MS = 120_000;
 interface BackupEntry {
   id: string;
   state: string;
+  method: string;
   jobId: string | null;
   medium: string;
   extents: number;
@@ -380,7 +381,8 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     assert.match(human.stdout, /^MEDIUM +FREE +FULL +INCREMENTAL$/m);
     assert.match(human.stdout, /- \(no base\)/);
 
-    const original = await backupTo('vault-src', `file:${media('vault-src.tbk')}`, ['--label', 'offsite']);
+    const original = await backupTo('vault-src', `file:${media('vault-src.tbk')}`, ['--label', 'offsite', '--via', 'compact']);
+    assert.equal(original.method, 'compact');
     const vault = media('vault');
     fs.mkdirSync(vault);
     const copy = await daemon.cliJson<BackupEntry & { copiedFrom: string | null; labels: string[] }>(['backup', 'copy', original.id, '--to', `dir:${vault}`, '--media-size', '1M'], { timeoutMs: JOB_TIMEOUT_MS });
@@ -505,6 +507,11 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     assertFails(await daemon.cli(['backup', 'verify', 'bk-999999']), 1, /no backup "bk-999999"/);
     assertFails(await daemon.cli(['restore', 'bk-999999', '--to', 'never', '--create']), 1, /no backup "bk-999999"/);
     assertFails(await daemon.cli(['backup', 'show', 'not-an-id']), 1, /id: must be a backup id/);
+    // --via: compact is the only way so far; the spec's others are refused by name, not taken as compact.
+    assertFails(await daemon.cli(['backup', 'create', 'ref', '--to', `file:${media('via.tbk')}`, '--via', 'cow']), 1, /via: cow: copy-before-write .* not available/);
+    assertFails(await daemon.cli(['backup', 'create', 'ref', '--to', `file:${media('via.tbk')}`, '--via', 'pair:p1']), 1, /via: pair:p1: .*split mirror pair .* not available/);
+    assertFails(await daemon.cli(['backup', 'create', 'ref', '--to', `file:${media('via.tbk')}`, '--via', 'copy']), 1, /via: must be compact, pair:NAME or cow/);
+    assert.equal(fs.existsSync(media('via.tbk')), false);
     assertFails(await daemon.cli(['restore', `file:${media('whatever.tbk')}`, '--to', 'never', '--create', '--method', 'copy']), 2, /--method/);
     assertFails(await daemon.cli(['backup', 'create', 'no-such-volume', '--to', `file:${media('none.tbk')}`]), 1, /no-such-volume/);
     assertFails(await daemon.cli(['backup', 'create', 'ref', '--to', `dir:${mediaRoot}`]), 1, /media-size/);

@@ -35,16 +35,18 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
     .argument('<volume>', 'the volume to back up')
     .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root; - for this command\'s stdout (through the API)')
     .option('--incremental', "only the extents changed since the volume's previous backup (full when there is none)")
+    .option('--via <method>', 'how the point in time is taken: compact (the default: a compact point-in-time copy); pair:NAME and cow are not available yet')
     .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
     .option('--label <text>', 'a label kept in the catalog (repeatable)', collect)
     .option('--description <text>', 'free text kept in the catalog')
     .option('--no-wait', 'return once the point in time is taken; print the job id instead of following it')
-    .action(async (volume: string, options: { to: string; incremental?: boolean; mediaSize?: string; label?: string[]; description?: string; wait: boolean }, command: Command) => {
+    .action(async (volume: string, options: { to: string; incremental?: boolean; via?: string; mediaSize?: string; label?: string[]; description?: string; wait: boolean }, command: Command) => {
       const context = CliContext.of(command, io);
       const body = {
         volume,
         to: resolveMediumArgument(options.to),
         ...(options.incremental ? { incremental: true } : {}),
+        ...(options.via === undefined ? {} : { via: options.via }),
         ...(options.mediaSize === undefined ? {} : { mediaSizeBytes: parseSizeOption(options.mediaSize, '--media-size') }),
         ...(options.label === undefined ? {} : { labels: options.label }),
         ...(options.description === undefined ? {} : { description: options.description }),
