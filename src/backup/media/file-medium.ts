@@ -34,7 +34,13 @@ function endKey(stats: fs.Stats, kind: FileKind, side: Side): string {
 
 /** Claims the end of the FIFO or tape at `filePath` for one medium; returns its release (idempotent). */
 function claimEnd(filePath: string, kind: FileKind, side: Side, description: string, field = 'medium'): () => void {
-  const key = endKey(fs.statSync(filePath), kind, side);
+  let stats: fs.Stats;
+  try {
+    stats = fs.statSync(filePath);
+  } catch (error) {
+    throw mediumError(error, description, 'stat'); // removed since it was looked at
+  }
+  const key = endKey(stats, kind, side);
   if (claimedEnds.has(key)) {
     const what = kind === 'fifo' ? `another job is already ${side === 'write' ? 'writing to' : 'reading from'} this FIFO` : 'another job is already using this device';
     throw new ThinError('BUSY', `${description}: ${what}; wait for it to end or cancel it (job list)`, { field });
