@@ -166,7 +166,7 @@ export const BackupIdParamsSchema = z.object({ id: BackupIdSchema });
 
 export const BackupCreateRequestSchema = z.strictObject({
   volume: VolumeNameSchema.meta({ description: 'The volume to back up.', examples: ['vm1-disk0'] }),
-  to: mediumSchema('Where the stream goes: file:/ABS/PATH (plain file, FIFO or tape device) or dir:/ABS/DIR (cartridges; needs mediaSizeBytes). Must lie under one of the daemon\'s --media-root directories.'),
+  to: mediumSchema('Where the stream goes: file:/ABS/PATH (plain file, FIFO or tape device) or dir:/ABS/DIR (cartridges; needs mediaSizeBytes), under one of the daemon\'s --media-root directories; or volume:NAME, an empty volume of the array used as a backup region.'),
   incremental: z
     .boolean({ error: 'expected true or false' })
     .optional()
@@ -199,7 +199,7 @@ export const BackupDeleteQuerySchema = z.strictObject({
 
 const BackupSourceSchema = z
   .union([BackupIdSchema, mediumSchema('')], { error: 'expected a backup id (bk-…) or a medium (file:/ABS/PATH, dir:/ABS/DIR)' })
-  .meta({ description: 'A catalog id (bk-…) or a medium (file:/ABS/PATH, dir:/ABS/DIR) under the media roots.', examples: ['bk-000001', 'file:/srv/backups/vm1.tbk'] });
+  .meta({ description: 'A catalog id (bk-…), a medium (file:/ABS/PATH, dir:/ABS/DIR) under the media roots, or a backup region (volume:NAME).', examples: ['bk-000001', 'file:/srv/backups/vm1.tbk'] });
 
 export const BackupVerifyRequestSchema = z.strictObject({ source: BackupSourceSchema });
 
@@ -287,6 +287,7 @@ export const VolumeInfoSchema: z.ZodType<VolumeInfo> = z.object({
   readOnly: z.boolean(),
   createdAt: z.string(),
   state: z.string(),
+  holdsBackup: z.string().nullable().meta({ description: 'The backup this volume holds as a backup region (`backup create --to volume:NAME`): it is then exported read-only and cannot be deleted, resized or restored into until that backup is deleted with --purge-media. Null otherwise.' }),
 });
 
 export const VolumeListResponseSchema = z.object({ volumes: z.array(VolumeInfoSchema) });

@@ -283,6 +283,10 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     if (session) {
       throw new ThinError('BUSY', `volume ${volume.name} cannot be ${what}: copy ${session.row.id} (job ${session.row.jobId ?? '?'}) depends on it; wait for it or cancel the job`);
     }
+    const heldBackup = this.backups?.regionHolder(volume.name);
+    if (heldBackup) {
+      throw new ThinError('BUSY', `volume ${volume.name} cannot be ${what}: it holds backup ${heldBackup} (a backup region); delete that backup with --purge-media first`);
+    }
   }
 
   #volume(name: string): Volume {
@@ -305,6 +309,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
       readOnly: row.readOnly,
       createdAt: row.createdAt,
       state: row.state,
+      holdsBackup: this.backups?.regionHolder(row.name) ?? null,
     };
   }
 
@@ -315,6 +320,8 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     if (!volume || volume.row.attr === 'work') return undefined; // working volumes are never exported
     if (volume.row.state === 'copying') return new ReadOnlyDevice(volume, 'a copy into it is in progress');
     if (volume.row.state === 'restoring') return new ReadOnlyDevice(volume, 'a restore into it is in progress');
+    const heldBackup = this.backups?.regionHolder(name);
+    if (heldBackup) return new ReadOnlyDevice(volume, `it holds backup ${heldBackup} (a backup region)`);
     return volume;
   }
 
@@ -377,6 +384,10 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
 
   hasVolume(name: string): boolean {
     return this.#volumes.has(name);
+  }
+
+  volumeNames(): string[] {
+    return [...this.#volumes.keys()].sort();
   }
 
   async createVolumeForRestore(name: string, capacityBytes: number): Promise<Volume> {

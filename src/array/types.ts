@@ -59,6 +59,8 @@ export interface VolumeInfo {
   createdAt: string;
   /** 'ready' in this release; later: 'incomplete' after a failed restore, 'copying' … */
   state: string;
+  /** The backup this volume holds as a backup region (a backup to volume:NAME), or null. */
+  holdsBackup: string | null;
 }
 
 /** One run of a volume's allocation map, as `volume show NAME --map` prints it. */

@@ -17,6 +17,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { assert } from '../lib/assert.js';
 import { ThinError, isThinError, messageOf } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { releaseBuffer } from '../lib/buffer-pool.js';
@@ -33,6 +34,7 @@ import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFr
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
 import { requireFreeEnd } from './media/file-medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
+import { RegionReader, RegionWriter, regionCapacityBytes } from './media/volume-medium.js';
 import { backupIdsInDir } from './media/dir-medium.js';
 import { resolveUnderRoots } from './media/roots.js';
 import { RunReader } from './run-reader.js';
@@ -44,6 +46,8 @@ export interface BackupHost {
   readonly copies: CopyManager;
   volume(name: string): Volume;
   hasVolume(name: string): boolean;
+  /** Every volume's name (backup regions are looked for among them). */
+  volumeNames(): string[];
   createVolumeForRestore(name: string, capacityBytes: number): Promise<Volume>;
   setVolumeState(volume: Volume, state: string): void;
   setVolumeCapacity(volume: Volume, capacityBytes: number): void;
@@ -138,6 +142,7 @@ export class BackupManager {
   async recover(): Promise<void> {
     for (const entry of this.catalog.list().filter((backup) => backup.state === 'running')) {
       this.catalog.fail(entry.id, 'interrupted by a restart of the daemon before it completed');
+      await this.#emptyFailedRegion(entry);
       if (this.#host.hasVolume(entry.volumeName)) this.#host.volume(entry.volumeName).changes?.returnHeld();
       const view = this.#host.copies.sessionOfTarget(viewName(entry.id));
       if (view) await this.#host.copies.discard(view);
@@ -170,6 +175,7 @@ export class BackupManager {
     await requireFreshDestination(medium);
     const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
     if (request.incremental && !parent) this.#logger.info({ volume: volume.name }, 'no complete previous backup to build on: taking a full backup');
+    this.#requireFreshRegion(medium, volume.name); // synchronous up to the insert: two requests cannot both take a region
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
     const now = new Date().toISOString();
@@ -272,6 +278,7 @@ export class BackupManager {
       await reader?.settle(); // no read still running when the view is dropped
       volume.changes?.returnHeld(); // still changes since the last complete backup
       this.catalog.fail(backupId, messageOf(error));
+      await this.#emptyFailedRegion(entry);
       throw error;
     } finally {
       await this.#host.copies.discard(view);
@@ -362,6 +369,10 @@ export class BackupManager {
       if (!stat?.isFile()) return;
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
       await fs.promises.rm(medium.path);
+    } else if (medium.kind === 'volume') {
+      if (!this.#host.hasVolume(medium.name)) return;
+      this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
+      await this.#emptyRegion(medium.name);
     } else if (medium.kind === 'dir') {
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium && this.#streamIdOf(other) === streamId, ` (stream ${streamId})`);
       // Cartridges are named after the stream's backup id (a copy's after its original's), and
@@ -387,6 +398,60 @@ export class BackupManager {
     const entry = typeof id === 'string' ? this.catalog.get(id) : undefined;
     if (!entry) throw new ThinError('NOT_FOUND', `no backup ${JSON.stringify(id)} in the catalog`, { field: 'id' });
     return entry;
+  }
+
+  // ---- backup regions: volume:NAME (seed 003) --------------------------------------------------
+
+  /**
+   * The backup that volume `name` holds as a backup region: the entry, running or complete, whose
+   * medium is volume:NAME. While there is one, the array exports the volume read-only and refuses
+   * to delete, resize or restore into it. Derived from the catalog, so it cannot drift from it.
+   */
+  regionHolder(name: string): string | undefined {
+    const medium = `volume:${name}`;
+    return this.#listed().find((entry) => entry.medium === medium && entry.state !== 'failed')?.id;
+  }
+
+  /**
+   * A backup or a copy may go into volume:NAME only when it is an empty user volume, other than the
+   * one backed up, that no backup holds and nobody writes to. Synchronous: called right before the
+   * catalog insert, so two requests cannot both pass it.
+   */
+  #requireFreshRegion(medium: Medium, sourceVolume: string | undefined): void {
+    if (medium.kind !== 'volume') return;
+    const name = medium.name;
+    const what = `to: volume:${name}`;
+    const region = this.#regionVolume(name, 'to');
+    if (name === sourceVolume) throw new ThinError('INVALID_ARGUMENT', `${what} is the volume being backed up; a backup region is another volume`, { field: 'to' });
+    if (region.row.attr !== 'user') throw new ThinError('INVALID_ARGUMENT', `${what} is a working volume; a backup region is a user volume`, { field: 'to' });
+    const holder = this.regionHolder(name);
+    if (holder) throw new ThinError('CONFLICT', `${what} already holds backup ${holder}; delete that backup with --purge-media to reuse the region`, { field: 'to' });
+    if (this.#host.isBusy(region)) throw new ThinError('BUSY', `${what} is part of a running copy or restore`, { field: 'to' });
+    const writers = this.#host.exportWriters(name);
+    if (writers > 0) throw new ThinError('BUSY', `${what} is open read-write by ${writers} NBD client(s); disconnect them (a region holding a backup is exported read-only)`, { field: 'to' });
+    if (region.allocatedBytes > 0) {
+      throw new ThinError('CONFLICT', `${what} holds data (${region.allocatedBytes} bytes allocated); a backup region must be empty: create a new volume for it, or trim this one`, { field: 'to' });
+    }
+  }
+
+  #regionVolume(name: string, field: string): Volume {
+    if (!this.#host.hasVolume(name)) throw new ThinError('NOT_FOUND', `${field}: volume:${name}: no volume named ${JSON.stringify(name)} (a backup region is an empty volume of the array)`, { field });
+    return this.#host.volume(name);
+  }
+
+  /** A backup or copy into a region failed (or was cut by a restart): the region is emptied, as it was before. */
+  async #emptyFailedRegion(entry: BackupEntry): Promise<void> {
+    if (!entry.medium.startsWith('volume:')) return;
+    const name = entry.medium.slice('volume:'.length);
+    if (!this.#host.hasVolume(name) || this.regionHolder(name) !== undefined) return;
+    await this.#emptyRegion(name).catch((error: unknown) => this.#logger.warn({ backup: entry.id, region: name, err: error }, 'could not empty the region of a failed backup'));
+  }
+
+  /** Unmaps every extent of the region and makes that durable: it reads as zeros and takes no space. */
+  async #emptyRegion(name: string): Promise<void> {
+    const region = this.#host.volume(name);
+    await region.trim(0, region.sizeBytes, { fua: true });
+    assert(region.allocatedBytes === 0, `region ${name} is empty after the trim`);
   }
 
   // ---- candidates and copies of backups (seed 003) ---------------------------------------------
@@ -417,6 +482,18 @@ export class BackupManager {
       candidates.push(await candidate(`file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, root));
       for (const directory of await cartridgeSetsIn(root)) candidates.push(await candidate(`dir:${directory}`, root, directory));
     }
+    // Backup regions inside the array: the volumes a backup of this one may go into now. Regions
+    // are thin, so the room is also bounded by the pool's free extents.
+    const poolFreeBytes = (this.#host.pool.extentsTotal - this.#host.pool.extentsUsed) * this.#host.pool.extentBytes;
+    for (const name of this.#host.volumeNames()) {
+      try {
+        this.#requireFreshRegion({ kind: 'volume', name }, volume.name);
+      } catch {
+        continue; // not a region for this backup now (the reason is what backup create would say)
+      }
+      const freeBytes = Math.min(regionCapacityBytes(this.#host.volume(name).sizeBytes), poolFreeBytes);
+      candidates.push({ medium: `volume:${name}`, root: 'array', freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes });
+    }
     return candidates;
   }
 
@@ -432,6 +509,7 @@ export class BackupManager {
     if (medium.kind === 'dir' && (await backupIdsInDir(medium.path)).includes(streamId)) {
       throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already holds cartridges of stream ${streamId} (a copy of it is there)`, { field: 'to' });
     }
+    this.#requireFreshRegion(medium, undefined);
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
     // copiedFrom names the backup whose stream this is: a copy of a copy is a copy of the original.
@@ -478,6 +556,7 @@ export class BackupManager {
     } catch (error) {
       await writer?.abort().catch(() => undefined);
       this.catalog.fail(copyId, messageOf(error));
+      await this.#emptyFailedRegion(entry);
       throw error;
     }
   }
@@ -559,6 +638,8 @@ export class BackupManager {
     const exists = this.#host.hasVolume(request.to);
     if (!exists && !request.create) throw new ThinError('NOT_FOUND', `volume ${request.to} does not exist (add --create to make it)`, { field: 'to' });
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
+    const heldBackup = exists ? this.regionHolder(request.to) : undefined;
+    if (heldBackup) throw new ThinError('BUSY', `volume ${request.to} holds backup ${heldBackup} (a backup region); restore into another volume`, { field: 'to' });
     if (exists && this.#host.isBusy(this.#host.volume(request.to))) {
       throw new ThinError('BUSY', `volume ${request.to} is part of a running copy, backup or restore; restore into it once that is done`, { field: 'to' });
     }
@@ -792,9 +873,7 @@ export class BackupManager {
     if (medium.kind === 'stdio') {
       throw new ThinError('UNSUPPORTED', `${field}: "-" was the CLI's stdout/stdin: the array does not hold that stream (pipe a saved copy into \`thinarray restore - --to VOLUME\`)`, { field });
     }
-    if (medium.kind === 'volume') {
-      throw new ThinError('UNSUPPORTED', `${field}: ${text} media are not supported by this daemon yet; use file:PATH or dir:PATH`, { field });
-    }
+    if (medium.kind === 'volume') return medium; // a volume of the array: no path to guard
     try {
       return { kind: medium.kind, path: await resolveUnderRoots(medium.path, this.#mediaRoots) };
     } catch (error) {
@@ -852,11 +931,13 @@ export class BackupManager {
   /** `signal`: the job's; a cancel or a shutdown then ends a wait for a FIFO's reader. */
   #openWriter(medium: Medium, backupId: string, mediaSizeBytes: number | undefined, signal: AbortSignal): Promise<MediumWriter> {
     if (medium.kind === 'stdio') return Promise.resolve(this.#takeAttached(this.#attachedWriters, backupId, "the CLI's stdout"));
+    if (medium.kind === 'volume') return Promise.resolve(new RegionWriter(this.#regionVolume(medium.name, 'to'), backupId));
     return openMediumWriter(medium, { roots: this.#mediaRoots, backupId, signal, ...(mediaSizeBytes === undefined ? {} : { mediaSizeBytes }) });
   }
 
   /** `signal`: as for #openWriter, a wait for a FIFO's writer. */
   #openReader(medium: Medium, backupId: string | undefined, signal: AbortSignal): Promise<MediumReader> {
+    if (medium.kind === 'volume') return RegionReader.open(this.#regionVolume(medium.name, 'source'), backupId);
     return openMediumReader(medium, { roots: this.#mediaRoots, signal, ...(backupId === undefined ? {} : { backupId }) });
   }
 }

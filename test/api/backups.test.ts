@@ -161,6 +161,63 @@ describe('backup API routes', () => {
     assert.equal(fs.existsSync(path.join(media, 'missing')), false, 'a missing directory is not created');
   });
 
+  test('a backup region (volume:NAME): held read-only while it holds the backup, restored from by id and by medium, emptied by purge or failure', async () => {
+    await array.volumeCreate({ name: 'vault', sizeBytes: 4 * MiB });
+    await array.volumeCreate({ name: 'tiny', sizeBytes: MiB + 64 * 1024 });
+    const candidates = (await call('GET', '/volumes/vm/backup-candidates')).json.candidates as { medium: string; freeBytes: number; fitsFull: boolean }[];
+    const vaultCandidate = candidates.find((candidate) => candidate.medium === 'volume:vault');
+    assert.ok(vaultCandidate?.fitsFull, JSON.stringify(candidates));
+    assert.equal(vaultCandidate.freeBytes, 4 * MiB - MiB, 'the region less the megabyte before the stream');
+    assert.equal(candidates.some((candidate) => candidate.medium === 'volume:vm'), false, 'not the volume backed up');
+
+    const created = await call('POST', '/backups', { volume: 'vm', to: 'volume:vault' });
+    assert.equal(created.status, 202, JSON.stringify(created.json));
+    assert.equal((await jobEnd(created.json.jobId)).state, 'succeeded');
+    const entry = (await call('GET', `/backups/${created.json.id}`)).json;
+    assert.equal(entry.state, 'complete');
+    assert.equal(entry.medium, 'volume:vault');
+    const vault = (await call('GET', '/volumes/vault')).json;
+    assert.equal(vault.holdsBackup, entry.id);
+    assert.ok(vault.allocatedBytes >= entry.streamBytes, 'the stream is in the region');
+    assert.equal(array.openExport('vault')?.readOnly, true, 'exported read-only while it holds the backup');
+    await assert.rejects(array.openExport('vault')!.write(0, Buffer.alloc(4096), { fua: false }), /holds backup/);
+
+    // Held: not deleted, resized or restored into; no second backup into it.
+    assert.equal((await call('DELETE', '/volumes/vault')).status, 409);
+    assert.equal((await call('PATCH', '/volumes/vault', { sizeBytes: 8 * MiB })).status, 409);
+    assert.equal((await call('POST', '/restores', { source: entry.id, to: 'vault', method: 'writeback' })).status, 409);
+    const again = await call('POST', '/backups', { volume: 'vm', to: 'volume:vault' });
+    assert.equal(again.status, 409);
+    assert.match(again.json.error.message, /already holds backup/);
+
+    // Restores from the region, by catalog id and by medium, are bit-exact.
+    for (const [source, target] of [[entry.id, 'from-id'], ['volume:vault', 'from-medium']] as const) {
+      const restore = await call('POST', '/restores', { source, to: target, create: true });
+      assert.equal(restore.status, 202, JSON.stringify(restore.json));
+      assert.equal((await jobEnd(restore.json.jobId)).state, 'succeeded');
+      assert.deepEqual(await array.volume(target).read(0, 8 * MiB), await array.volume('vm').read(0, 8 * MiB), `${source} restores equal`);
+    }
+    assert.equal((await jobEnd((await call('POST', '/backups/verify', { source: 'volume:vault' })).json.jobId)).state, 'succeeded');
+
+    // A region too small for the stream: the backup fails, says so, and leaves the region empty.
+    const tooSmall = await call('POST', '/backups', { volume: 'vm', to: 'volume:tiny' });
+    assert.equal(tooSmall.status, 202, JSON.stringify(tooSmall.json));
+    const failed = await jobEnd(tooSmall.json.jobId);
+    assert.equal(failed.state, 'failed');
+    assert.match(failed.error.message, /volume:tiny is full/);
+    assert.equal((await call('GET', '/volumes/tiny')).json.allocatedBytes, 0, 'emptied after the failure');
+    assert.equal((await call('GET', '/volumes/tiny')).json.holdsBackup, null);
+
+    // Purging the backup empties the region, which is then free again.
+    assert.equal((await call('DELETE', `/backups/${entry.id}?purgeMedia=true`)).status, 204);
+    const emptied = (await call('GET', '/volumes/vault')).json;
+    assert.equal(emptied.allocatedBytes, 0);
+    assert.equal(emptied.holdsBackup, null);
+    assert.equal(array.openExport('vault')?.readOnly, false);
+    assert.equal((await call('DELETE', '/volumes/vault')).status, 204);
+    for (const name of ['tiny', 'from-id', 'from-medium']) assert.equal((await call('DELETE', `/volumes/${name}`)).status, 204);
+  });
+
   test('refused requests name the field and record nothing', async () => {
     const before = await catalogIds();
     assertRefused(await call('POST', '/backups', { to: `file:${path.join(media, 'x.tbk')}` }), 400, 'volume');
@@ -182,6 +239,15 @@ describe('backup API routes', () => {
     }
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, via: 'snapshot' }), 400, 'via');
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: `file:${path.join(media, 'y.tbk')}`, via: 'pair:' }), 400, 'via');
+    // Backup regions: a volume that exists, is not the one backed up, and is empty.
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:nowhere' }), 404, 'to');
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:vm' }), 400, 'to');
+    await array.volumeCreate({ name: 'used', sizeBytes: MiB });
+    await array.volume('used').write(0, Buffer.alloc(4096, 1), { fua: false });
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:used' }), 409, 'to');
+    const notRegion = await jobEnd((await call('POST', '/backups/verify', { source: 'volume:used' })).json.jobId);
+    assert.equal(notRegion.state, 'failed');
+    assert.match(notRegion.error.message, /volume:used is not a backup region/);
     assert.equal((await call('POST', '/backups', { volume: 'nope', to: `file:${path.join(media, 'y.tbk')}` })).status, 404);
     assertRefused(await call('GET', '/backups/not-an-id'), 400, 'id');
     assert.equal((await call('GET', '/backups/bk-999999')).status, 404);

@@ -332,6 +332,35 @@ describe('backup, verify and restore through the daemon and the CLI', () => {
     }
   });
 
+  test('a backup region inside the array (volume:NAME): read-only over NBD while it holds the backup, restored equal, freed by --purge-media', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const writes: Writes = [[0, MiB, 0x61], [5 * MiB + 4096, 70_000, 0x62], [15 * MiB, MiB, 0x63]];
+    await createVolume('reg-src', '16M', writes);
+    await createVolume('vault', '8M');
+    const candidates = await daemon.cliJson<{ candidates: Array<{ medium: string; fitsFull: boolean }> }>(['backup', 'candidates', 'reg-src']);
+    assert.ok(candidates.candidates.some((candidate) => candidate.medium === 'volume:vault' && candidate.fitsFull), JSON.stringify(candidates));
+
+    const entry = await backupTo('reg-src', 'volume:vault');
+    assert.equal(entry.medium, 'volume:vault');
+    const shown = await daemon.cli(['volume', 'show', 'vault']);
+    assertOk(shown, 'volume show vault');
+    assert.match(shown.stdout, new RegExp(`holds backup +${entry.id}`));
+    // A real NBD client sees the region read-only, and its writes are refused.
+    const info = JSON.parse((await runOk('nbdinfo', ['--json', daemon.nbdUri('vault')])).stdout) as { exports: Array<{ is_read_only: boolean }> };
+    assert.equal(info.exports[0]!.is_read_only, true);
+    await assert.rejects(qemuIo(daemon.nbdUri('vault'), ['write -P 0x66 0 4k']), 'a write to the region over NBD fails');
+    assertFails(await daemon.cli(['volume', 'delete', 'vault']), 1, /holds backup/);
+
+    assertOk(await daemon.cli(['backup', 'verify', 'volume:vault'], { timeoutMs: JOB_TIMEOUT_MS }), 'verify the region');
+    assertOk(await daemon.cli(['restore', 'volume:vault', '--to', 'reg-restored', '--create'], { timeoutMs: JOB_TIMEOUT_MS }), 'restore from the region');
+    await assertSameContent(daemon.nbdUri('reg-src'), daemon.nbdUri('reg-restored'), { timeoutMs: 60_000 });
+    assertFails(await daemon.cli(['medium', 'inspect', 'volume:vault']), 1, /inside the array/);
+
+    assertOk(await daemon.cli(['backup', 'delete', entry.id, '--purge-media']), 'delete with purge');
+    const freed = await daemon.cliJson<{ allocatedBytes: number; holdsBackup: string | null }>(['volume', 'show', 'vault']);
+    assert.deepEqual([freed.allocatedBytes, freed.holdsBackup], [0, null], 'the purge empties the region');
+    assertOk(await daemon.cli(['volume', 'delete', 'vault']), 'the region can go once its backup is gone');
+  });
+
   test('cartridges: dir: with --media-size 1M spans several; restore equal; a lost cartridge fails the restore clearly', { timeout: TEST_TIMEOUT_MS }, async () => {
     const writes: Writes = [[0, MiB, 0x51], [3 * MiB, MiB, 0x52], [7 * MiB + 4096, MiB, 0x53], [15 * MiB, MiB, 0x54], [31 * MiB, MiB, 0x55], [20 * MiB, 4096, 0x56]];
     await createVolume('carts', '32M', writes);

@@ -77,6 +77,9 @@ async function guarded(filePath: string, options: OpenMediumOptions): Promise<st
 }
 
 function notHere(medium: Medium): ThinError {
+  if (medium.kind === 'volume') {
+    return new ThinError('UNSUPPORTED', `${formatMedium(medium)} is a backup region inside the array: the daemon reads it (backup verify ${formatMedium(medium)})`, { field: 'medium' });
+  }
   const what = medium.kind === 'stdio' ? 'the CLI\'s stdout/stdin (the API streams it)' : 'a volume of the array (the backup layer opens it)';
   return new ThinError('UNSUPPORTED', `${formatMedium(medium)} is ${what}, not a medium this library opens`, { field: 'medium' });
 }

@@ -27,13 +27,13 @@ export function resolveMediumArgument(text: string, cwd: string = process.cwd())
 }
 
 export function registerBackupCommands(program: Command, io: CliIo): void {
-  const backup = program.command('backup').description('server-free backups of volumes to media (file:PATH, dir:PATH), and the catalog');
+  const backup = program.command('backup').description('server-free backups of volumes to media (file:PATH, dir:PATH, volume:NAME), and the catalog');
 
   backup
     .command('create')
     .description('back up VOLUME to MEDIUM as of now; returns once the point in time is taken with --no-wait, else follows the job')
     .argument('<volume>', 'the volume to back up')
-    .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root; - for this command\'s stdout (through the API)')
+    .requiredOption('--to <medium>', 'file:PATH (file, FIFO or tape device) or dir:PATH (cartridges, with --media-size), under the daemon\'s --media-root; volume:NAME (an empty volume of the array, a backup region); - for this command\'s stdout (through the API)')
     .option('--incremental', "only the extents changed since the volume's previous backup (full when there is none)")
     .option('--via <method>', 'how the point in time is taken: compact (the default: a compact point-in-time copy); pair:NAME and cow are not available yet')
     .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
@@ -96,7 +96,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
   backup
     .command('verify')
     .description('read a backup (catalog id) or a medium to its end, checking every checksum and the digest; exits 1 naming the first damage')
-    .argument('<source>', 'backup id (bk-…) or medium (file:PATH, dir:PATH)')
+    .argument('<source>', 'backup id (bk-…) or medium (file:PATH, dir:PATH, volume:NAME)')
     .option('--no-wait', 'print the job id instead of following it')
     .action(async (source: string, options: { wait: boolean }, command: Command) => {
       const context = CliContext.of(command, io);
@@ -119,7 +119,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
     .command('copy')
     .description('copy a complete backup to another medium with its management information; the copy is read back, checked against the digest, and catalogued as its own entry')
     .argument('<id>', 'backup id')
-    .requiredOption('--to <medium>', "file:PATH or dir:PATH (cartridges, with --media-size), under the daemon's --media-root")
+    .requiredOption('--to <medium>', "file:PATH or dir:PATH (cartridges, with --media-size), under the daemon's --media-root, or volume:NAME (an empty volume of the array)")
     .option('--media-size <size>', 'dir: media: size of each cartridge file, e.g. 1G')
     .option('--no-wait', 'print the entry and its job id instead of following the job')
     .action(async (id: string, options: { to: string; mediaSize?: string; wait: boolean }, command: Command) => {

@@ -23,7 +23,7 @@ export function registerRestoreCommand(program: Command, io: CliIo): void {
   program
     .command('restore')
     .description('restore a backup (catalog id) or a medium into a volume; follows the job unless --no-wait')
-    .argument('<source>', 'backup id (bk-…), medium (file:PATH, dir:PATH), or - for a stream on stdin (through the API)')
+    .argument('<source>', 'backup id (bk-…), medium (file:PATH, dir:PATH, volume:NAME), or - for a stream on stdin (through the API)')
     .requiredOption('--to <volume>', 'the volume to restore into')
     .addOption(
       new Option('--method <method>', 'remap: written once to new extents, map installed when the stream checked out; writeback: to the original addresses of an existing volume')

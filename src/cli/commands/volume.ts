@@ -111,8 +111,8 @@ function formatVolumeTable(volumes: VolumeInfo[]): string {
       formatBytes(volume.allocatedBytes),
       formatPercent(volume.allocatedPercent),
       volume.attr,
-      volume.readOnly ? 'ro' : 'rw',
-      volume.state,
+      volume.readOnly || volume.holdsBackup !== null ? 'ro' : 'rw',
+      volume.holdsBackup === null ? volume.state : `${volume.state}, holds ${volume.holdsBackup}`,
     ]),
   );
 }
@@ -124,8 +124,9 @@ function formatVolume(volume: VolumeInfo): string {
     ['capacity', `${formatBytes(volume.capacityBytes)} (${volume.capacityBytes} bytes)`],
     ['allocated', `${formatBytes(volume.allocatedBytes)} (${formatPercent(volume.allocatedPercent)}, ${volume.mappedExtents} extents)`],
     ['attr', volume.attr],
-    ['access', volume.readOnly ? 'read-only' : 'read-write'],
+    ['access', volume.readOnly ? 'read-only' : volume.holdsBackup !== null ? 'read-only over NBD (a backup region)' : 'read-write'],
     ['state', volume.state],
+    ...(volume.holdsBackup === null ? [] : [['holds backup', `${volume.holdsBackup} (volume:${volume.name}; delete it with --purge-media to free the region)`] as [string, string]]),
     ['created', volume.createdAt],
   ]);
 }
