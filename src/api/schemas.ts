@@ -287,7 +287,7 @@ export const VolumeInfoSchema: z.ZodType<VolumeInfo> = z.object({
   readOnly: z.boolean(),
   createdAt: z.string(),
   state: z.string(),
-  holdsBackup: z.string().nullable().meta({ description: 'The backup this volume holds as a backup region (`backup create --to volume:NAME`): it is then exported read-only and cannot be deleted, resized or restored into until that backup is deleted with --purge-media. Null otherwise.' }),
+  holdsBackup: z.string().nullable().meta({ description: 'The backup this volume holds as a backup region (`backup create --to volume:NAME`): it is then exported read-only and cannot be deleted, resized, made read-only or restored into until that backup is deleted (with --purge-media the region is also emptied). Null otherwise.' }),
 });
 
 export const VolumeListResponseSchema = z.object({ volumes: z.array(VolumeInfoSchema) });

@@ -216,6 +216,9 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     }
     if (changes.readOnly !== undefined) {
       if (typeof changes.readOnly !== 'boolean') throw new ThinError('INVALID_ARGUMENT', 'readOnly: must be true or false', { field: 'readOnly' });
+      // The array empties a region when its backup is purged: it must stay writable by the array (hosts see it read-only anyway).
+      const heldBackup = this.backups?.regionHolder(name);
+      if (heldBackup) throw new ThinError('BUSY', `volume ${name} holds backup ${heldBackup} (a backup region): its access is the array's until that backup is deleted`, { field: 'readOnly' });
       update.readOnly = changes.readOnly;
     }
     this.#updateRow(volume, update);

@@ -17,7 +17,6 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { assert } from '../lib/assert.js';
 import { ThinError, isThinError, messageOf } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { releaseBuffer } from '../lib/buffer-pool.js';
@@ -34,7 +33,7 @@ import { BACKUP_LIMITS, BackupStreamReader, BackupStreamWriter, allocationRunsFr
 import { parseMedium, formatMedium, type Medium, type MediumReader, type MediumWriter } from './media/medium.js';
 import { requireFreeEnd } from './media/file-medium.js';
 import { openMediumReader, openMediumWriter } from './media/open.js';
-import { RegionReader, RegionWriter, regionCapacityBytes } from './media/volume-medium.js';
+import { REGION_LABEL_BYTES, RegionReader, RegionWriter, parseRegionLabel, regionCapacityBytes } from './media/volume-medium.js';
 import { backupIdsInDir } from './media/dir-medium.js';
 import { resolveUnderRoots } from './media/roots.js';
 import { RunReader } from './run-reader.js';
@@ -98,6 +97,12 @@ export class BackupManager {
   readonly #attachedReaders = new Map<string, MediumReader>();
   /** Entries between a delete's checks and their removal (their media being purged). */
   readonly #deleting = new Set<string>();
+  /**
+   * Volumes named as restore targets, from the request to the job's end: the job marks a volume
+   * 'restoring' only once its stream's header is read (a FIFO may keep it waiting), and meanwhile
+   * no backup may take the volume as its region.
+   */
+  readonly #restoreTargets = new Set<string>();
   /** Entries that queued or running restore, verify and copy jobs read: id → how many such jobs. */
   readonly #reading = new Map<string, number>();
 
@@ -118,6 +123,7 @@ export class BackupManager {
       run: (ctx, params) => this.#runRestore(ctx, params),
       finished: (params) => {
         this.#release((params as { readIds?: string[] }).readIds);
+        this.#restoreTargets.delete((params as { to: string }).to);
         void this.#dropAttached(this.#attachedReaders, (params as { attachment: string | null }).attachment);
       },
     });
@@ -141,8 +147,8 @@ export class BackupManager {
   /** At open: backups cut by a crash or restart end failed, and their views are dropped. */
   async recover(): Promise<void> {
     for (const entry of this.catalog.list().filter((backup) => backup.state === 'running')) {
-      this.catalog.fail(entry.id, 'interrupted by a restart of the daemon before it completed');
       await this.#emptyFailedRegion(entry);
+      this.catalog.fail(entry.id, 'interrupted by a restart of the daemon before it completed');
       if (this.#host.hasVolume(entry.volumeName)) this.#host.volume(entry.volumeName).changes?.returnHeld();
       const view = this.#host.copies.sessionOfTarget(viewName(entry.id));
       if (view) await this.#host.copies.discard(view);
@@ -175,7 +181,11 @@ export class BackupManager {
     await requireFreshDestination(medium);
     const parent = request.incremental ? this.#incrementalParent(volume) : undefined;
     if (request.incremental && !parent) this.#logger.info({ volume: volume.name }, 'no complete previous backup to build on: taking a full backup');
-    this.#requireFreshRegion(medium, volume.name); // synchronous up to the insert: two requests cannot both take a region
+    // Synchronous from here to the insert: two requests cannot both take a region.
+    if (medium.kind === 'volume') {
+      const estimate = this.#streamEstimate(volume);
+      this.#requireFreshRegion(medium, volume.name, parent ? (estimate.incrementalBytes ?? estimate.fullBytes) : estimate.fullBytes);
+    }
     const number = this.catalog.nextNumber();
     const id = `bk-${String(number).padStart(6, '0')}`;
     const now = new Date().toISOString();
@@ -277,8 +287,8 @@ export class BackupManager {
       await (writer ?? mediumWriter)?.abort().catch(() => undefined);
       await reader?.settle(); // no read still running when the view is dropped
       volume.changes?.returnHeld(); // still changes since the last complete backup
-      this.catalog.fail(backupId, messageOf(error));
       await this.#emptyFailedRegion(entry);
+      this.catalog.fail(backupId, messageOf(error));
       throw error;
     } finally {
       await this.#host.copies.discard(view);
@@ -317,7 +327,9 @@ export class BackupManager {
     this.#deleting.add(id);
     try {
       if (purgeMedia) await this.#purge(entry, streamId);
+      const region = purgeMedia ? await this.#regionToPurge(entry, streamId) : undefined;
       this.catalog.remove(id, streamId);
+      if (region) await this.#emptyRegion(region);
     } finally {
       this.#deleting.delete(id);
     }
@@ -370,9 +382,8 @@ export class BackupManager {
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
       await fs.promises.rm(medium.path);
     } else if (medium.kind === 'volume') {
-      if (!this.#host.hasVolume(medium.name)) return;
-      this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
-      await this.#emptyRegion(medium.name);
+      // Emptied by delete() once the entry is gone (#purgeRegion): a crash in between then leaves
+      // a region nobody holds, never an entry over an emptied region.
     } else if (medium.kind === 'dir') {
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium && this.#streamIdOf(other) === streamId, ` (stream ${streamId})`);
       // Cartridges are named after the stream's backup id (a copy's after its original's), and
@@ -417,13 +428,18 @@ export class BackupManager {
    * one backed up, that no backup holds and nobody writes to. Synchronous: called right before the
    * catalog insert, so two requests cannot both pass it.
    */
-  #requireFreshRegion(medium: Medium, sourceVolume: string | undefined): void {
+  #requireFreshRegion(medium: Medium, sourceVolume: string | undefined, needBytes: number): void {
     if (medium.kind !== 'volume') return;
     const name = medium.name;
     const what = `to: volume:${name}`;
     const region = this.#regionVolume(name, 'to');
     if (name === sourceVolume) throw new ThinError('INVALID_ARGUMENT', `${what} is the volume being backed up; a backup region is another volume`, { field: 'to' });
     if (region.row.attr !== 'user') throw new ThinError('INVALID_ARGUMENT', `${what} is a working volume; a backup region is a user volume`, { field: 'to' });
+    if (region.readOnly) throw new ThinError('INVALID_ARGUMENT', `${what} is read-only; the array writes the backup into it`, { field: 'to' });
+    if (region.sizeBytes % region.extentBytes !== 0) {
+      throw new ThinError('INVALID_ARGUMENT', `${what} is ${region.sizeBytes} bytes: a backup region is a whole number of ${region.extentBytes}-byte extents (so that emptying it frees all of it)`, { field: 'to' });
+    }
+    if (this.#restoreTargets.has(name)) throw new ThinError('BUSY', `${what} is the target of a restore that has not ended`, { field: 'to' });
     const holder = this.regionHolder(name);
     if (holder) throw new ThinError('CONFLICT', `${what} already holds backup ${holder}; delete that backup with --purge-media to reuse the region`, { field: 'to' });
     if (this.#host.isBusy(region)) throw new ThinError('BUSY', `${what} is part of a running copy or restore`, { field: 'to' });
@@ -432,6 +448,16 @@ export class BackupManager {
     if (region.allocatedBytes > 0) {
       throw new ThinError('CONFLICT', `${what} holds data (${region.allocatedBytes} bytes allocated); a backup region must be empty: create a new volume for it, or trim this one`, { field: 'to' });
     }
+    // Regions are thin: the stream takes extents from the pool every volume shares.
+    const regionBytes = regionCapacityBytes(region.sizeBytes);
+    if (needBytes > regionBytes) throw new ThinError('NO_SPACE', `${what} holds a stream of at most ${regionBytes} bytes; this one needs about ${needBytes}: use a larger volume`, { field: 'to' });
+    const poolFreeBytes = this.#poolFreeBytes();
+    if (needBytes > poolFreeBytes) throw new ThinError('NO_SPACE', `${what}: the stream needs about ${needBytes} bytes and the pool has ${poolFreeBytes} free; add a disk to the pool (pool add) or back up to a file`, { field: 'to' });
+  }
+
+  #poolFreeBytes(): number {
+    const pool = this.#host.pool;
+    return (pool.extentsTotal - pool.extentsUsed) * pool.extentBytes;
   }
 
   #regionVolume(name: string, field: string): Volume {
@@ -439,19 +465,45 @@ export class BackupManager {
     return this.#host.volume(name);
   }
 
-  /** A backup or copy into a region failed (or was cut by a restart): the region is emptied, as it was before. */
+  /**
+   * A backup or copy into a region is failing (or was cut by a restart): the region is emptied, as
+   * it was before, and durably so, before the entry is marked failed — after a crash in between the
+   * entry is still 'running', and the restart empties the region again (recover).
+   */
   async #emptyFailedRegion(entry: BackupEntry): Promise<void> {
     if (!entry.medium.startsWith('volume:')) return;
     const name = entry.medium.slice('volume:'.length);
-    if (!this.#host.hasVolume(name) || this.regionHolder(name) !== undefined) return;
+    const holder = this.regionHolder(name);
+    if (!this.#host.hasVolume(name) || (holder !== undefined && holder !== entry.id)) return;
     await this.#emptyRegion(name).catch((error: unknown) => this.#logger.warn({ backup: entry.id, region: name, err: error }, 'could not empty the region of a failed backup'));
   }
 
-  /** Unmaps every extent of the region and makes that durable: it reads as zeros and takes no space. */
+  /**
+   * The region to empty when `entry` is deleted with its media: only a complete entry's, and only
+   * while the region's label still names the entry's stream (a failed backup's region was emptied
+   * at the failure and may hold a volume's data since; a region may have been reused).
+   */
+  async #regionToPurge(entry: BackupEntry, streamId: string): Promise<string | undefined> {
+    if (entry.state !== 'complete' || !entry.medium.startsWith('volume:')) return undefined;
+    const name = entry.medium.slice('volume:'.length);
+    if (!this.#host.hasVolume(name)) return undefined;
+    this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
+    const region = this.#host.volume(name);
+    const label = parseRegionLabel(await region.read(0, REGION_LABEL_BYTES), region.sizeBytes);
+    return typeof label !== 'string' && label.backupId === streamId ? name : undefined;
+  }
+
+  /** Unmaps every extent of the region (its size is whole extents) and makes that durable: it reads as zeros and takes no space. */
   async #emptyRegion(name: string): Promise<void> {
     const region = this.#host.volume(name);
     await region.trim(0, region.sizeBytes, { fua: true });
-    assert(region.allocatedBytes === 0, `region ${name} is empty after the trim`);
+    if (region.allocatedBytes !== 0) throw new ThinError('IO_ERROR', `volume:${name}: ${region.allocatedBytes} bytes are still allocated after emptying the region`);
+  }
+
+  /** The entries a region named as a medium holds (held by a restore or verify reading it). */
+  #regionEntries(medium: Medium): string[] {
+    const holder = medium.kind === 'volume' ? this.regionHolder(medium.name) : undefined;
+    return holder === undefined ? [] : [holder];
   }
 
   // ---- candidates and copies of backups (seed 003) ---------------------------------------------
@@ -464,14 +516,7 @@ export class BackupManager {
    */
   async candidates(volumeName: string): Promise<BackupCandidate[]> {
     const volume = this.#host.volume(volumeName);
-    const fullBytes = volume.allocatedBytes + BACKUP_OVERHEAD_BYTES + volume.map.mappedCount * RECORD_OVERHEAD_BYTES;
-    // As backup create --incremental decides: without a parent to build on, it takes a full backup.
-    let incrementalBytes: number | null = null;
-    if (this.#incrementalParent(volume)) {
-      let changedExtents = 0;
-      for (const extent of volume.changes!.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
-      incrementalBytes = changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES;
-    }
+    const { fullBytes, incrementalBytes } = this.#streamEstimate(volume);
     const candidates: BackupCandidate[] = [];
     const candidate = async (medium: string, root: string, directory: string): Promise<BackupCandidate> => {
       const stats = await fs.promises.statfs(directory).catch(() => undefined);
@@ -484,10 +529,10 @@ export class BackupManager {
     }
     // Backup regions inside the array: the volumes a backup of this one may go into now. Regions
     // are thin, so the room is also bounded by the pool's free extents.
-    const poolFreeBytes = (this.#host.pool.extentsTotal - this.#host.pool.extentsUsed) * this.#host.pool.extentBytes;
+    const poolFreeBytes = this.#poolFreeBytes();
     for (const name of this.#host.volumeNames()) {
       try {
-        this.#requireFreshRegion({ kind: 'volume', name }, volume.name);
+        this.#requireFreshRegion({ kind: 'volume', name }, volume.name, 0);
       } catch {
         continue; // not a region for this backup now (the reason is what backup create would say)
       }
@@ -495,6 +540,19 @@ export class BackupManager {
       candidates.push({ medium: `volume:${name}`, root: 'array', freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes });
     }
     return candidates;
+  }
+
+  /**
+   * What the next stream of `volume` takes, over-estimated (header and framing included): a full
+   * backup, and an incremental when backup create --incremental would make one (null: it would
+   * take a full backup, having no parent to build on).
+   */
+  #streamEstimate(volume: Volume): { fullBytes: number; incrementalBytes: number | null } {
+    const fullBytes = volume.allocatedBytes + BACKUP_OVERHEAD_BYTES + volume.map.mappedCount * RECORD_OVERHEAD_BYTES;
+    if (!this.#incrementalParent(volume)) return { fullBytes, incrementalBytes: null };
+    let changedExtents = 0;
+    for (const extent of volume.changes!.changedExtents(0, Math.ceil(volume.sizeBytes / volume.extentBytes))) if (volume.map.lookup(extent) >= 0) changedExtents++;
+    return { fullBytes, incrementalBytes: changedExtents * (volume.extentBytes + RECORD_OVERHEAD_BYTES) + BACKUP_OVERHEAD_BYTES };
   }
 
   /** `backup copy ID --to MEDIUM`: the stream copied as it is, checked, and catalogued as a copy of ID. */
@@ -509,7 +567,7 @@ export class BackupManager {
     if (medium.kind === 'dir' && (await backupIdsInDir(medium.path)).includes(streamId)) {
       throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already holds cartridges of stream ${streamId} (a copy of it is there)`, { field: 'to' });
     }
-    this.#requireFreshRegion(medium, undefined);
+    this.#requireFreshRegion(medium, undefined, original.streamBytes);
     const number = this.catalog.nextNumber();
     const copyId = `bk-${String(number).padStart(6, '0')}`;
     // copiedFrom names the backup whose stream this is: a copy of a copy is a copy of the original.
@@ -555,8 +613,8 @@ export class BackupManager {
       return { backupId: copyId, copiedFrom: entry.copiedFrom, readFrom: original.id, digest: check.digest };
     } catch (error) {
       await writer?.abort().catch(() => undefined);
-      this.catalog.fail(copyId, messageOf(error));
       await this.#emptyFailedRegion(entry);
+      this.catalog.fail(copyId, messageOf(error));
       throw error;
     }
   }
@@ -591,7 +649,7 @@ export class BackupManager {
   async verify(source: string): Promise<{ jobId: string }> {
     const { medium, backupId } = await this.#resolveSource(source);
     await requireReadable(medium);
-    const readIds = this.#hold(backupId ? [backupId] : []);
+    const readIds = this.#hold(backupId ? [backupId] : this.#regionEntries(medium));
     let job: { id: string };
     try {
       job = this.#host.jobs.start(VERIFY_JOB, { medium: formatMedium(medium), backupId, readIds }, `verify ${source}`);
@@ -640,6 +698,7 @@ export class BackupManager {
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
     const heldBackup = exists ? this.regionHolder(request.to) : undefined;
     if (heldBackup) throw new ThinError('BUSY', `volume ${request.to} holds backup ${heldBackup} (a backup region); restore into another volume`, { field: 'to' });
+
     if (exists && this.#host.isBusy(this.#host.volume(request.to))) {
       throw new ThinError('BUSY', `volume ${request.to} is part of a running copy, backup or restore; restore into it once that is done`, { field: 'to' });
     }
@@ -648,8 +707,11 @@ export class BackupManager {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
     await requireReadable(medium);
-    // The chain is resolved now, so a broken one is said at once, and its entries are held for the job.
-    const readIds = this.#hold(backupId ? this.#chainOf(backupId).map((entry) => entry.id) : []);
+    // The chain is resolved now, so a broken one is said at once, and its entries are held for the job
+    // (a region named as a medium: the backup it holds, which a purge would otherwise empty under the job).
+    if (this.#restoreTargets.has(request.to)) throw new ThinError('BUSY', `volume ${request.to} is the target of another restore that has not ended`, { field: 'to' });
+    const readIds = this.#hold(backupId ? this.#chainOf(backupId).map((entry) => entry.id) : this.#regionEntries(medium));
+    this.#restoreTargets.add(request.to);
     const attachment = attached ? randomUUID() : null;
     if (attachment !== null) this.#attachedReaders.set(attachment, attached!);
     const from = medium.kind === 'stdio' ? "the CLI's stdin" : request.source;
@@ -658,6 +720,7 @@ export class BackupManager {
       return { jobId: job.id };
     } catch (error) {
       this.#release(readIds);
+      this.#restoreTargets.delete(request.to);
       await this.#dropAttached(this.#attachedReaders, attachment);
       throw error;
     }

@@ -5,6 +5,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -199,14 +200,12 @@ describe('backup API routes', () => {
     }
     assert.equal((await jobEnd((await call('POST', '/backups/verify', { source: 'volume:vault' })).json.jobId)).state, 'succeeded');
 
-    // A region too small for the stream: the backup fails, says so, and leaves the region empty.
+    // A region too small for the stream (or a pool without room for it) is refused before anything is recorded.
+    const before = await catalogIds();
     const tooSmall = await call('POST', '/backups', { volume: 'vm', to: 'volume:tiny' });
-    assert.equal(tooSmall.status, 202, JSON.stringify(tooSmall.json));
-    const failed = await jobEnd(tooSmall.json.jobId);
-    assert.equal(failed.state, 'failed');
-    assert.match(failed.error.message, /volume:tiny is full/);
-    assert.equal((await call('GET', '/volumes/tiny')).json.allocatedBytes, 0, 'emptied after the failure');
-    assert.equal((await call('GET', '/volumes/tiny')).json.holdsBackup, null);
+    assertRefused(tooSmall, 507, 'to');
+    assert.match(tooSmall.json.error.message, /holds a stream of at most 65536 bytes/);
+    assert.deepEqual(await catalogIds(), before);
 
     // Purging the backup empties the region, which is then free again.
     assert.equal((await call('DELETE', `/backups/${entry.id}?purgeMedia=true`)).status, 204);
@@ -216,6 +215,48 @@ describe('backup API routes', () => {
     assert.equal(array.openExport('vault')?.readOnly, false);
     assert.equal((await call('DELETE', '/volumes/vault')).status, 204);
     for (const name of ['tiny', 'from-id', 'from-medium']) assert.equal((await call('DELETE', `/volumes/${name}`)).status, 204);
+  });
+
+  test('a backup into a region cancelled mid-stream leaves it empty; purging that failed entry later leaves the volume alone', async () => {
+    await array.volumeCreate({ name: 'big', sizeBytes: 64 * MiB });
+    for (let offset = 0; offset < 48 * MiB; offset += 4 * MiB) await array.volume('big').write(offset, Buffer.alloc(4 * MiB, 0x40 + offset / (4 * MiB)), { fua: false });
+    await array.volumeCreate({ name: 'vault2', sizeBytes: 64 * MiB });
+    const started = await call('POST', '/backups', { volume: 'big', to: 'volume:vault2' });
+    assert.equal(started.status, 202, JSON.stringify(started.json));
+    // Cancelled once part of the stream is in the region.
+    while (array.jobs.get(started.json.jobId).progress.doneBytes === 0) await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(array.jobs.get(started.json.jobId).state, 'running', 'the backup ended before the cancel: make the source larger');
+    assert.equal((await call('POST', `/jobs/${started.json.jobId}/cancel`)).status, 200);
+    assert.equal((await jobEnd(started.json.jobId)).state, 'cancelled');
+    assert.equal((await call('GET', `/backups/${started.json.id}`)).json.state, 'failed');
+    const region = (await call('GET', '/volumes/vault2')).json;
+    assert.deepEqual([region.allocatedBytes, region.holdsBackup], [0, null], 'the partial stream is gone');
+    assert.equal(array.openExport('vault2')?.readOnly, false);
+
+    // The volume is then an ordinary one again; purging the failed entry must not touch its data.
+    await array.volume('vault2').write(0, Buffer.alloc(MiB, 0x77), { fua: false });
+    assert.equal((await call('DELETE', `/backups/${started.json.id}?purgeMedia=true`)).status, 204);
+    assert.deepEqual(await array.volume('vault2').read(0, MiB), Buffer.alloc(MiB, 0x77), 'the volume kept its data');
+    for (const name of ['big', 'vault2']) assert.equal((await call('DELETE', `/volumes/${name}`)).status, 204);
+  });
+
+  test('a volume named by a restore that has not ended (waiting on a FIFO) is no backup region until the restore ends', async () => {
+    await array.volumeCreate({ name: 'rt', sizeBytes: 4 * MiB });
+    const fifo = path.join(media, 'restore-wait.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const restore = await call('POST', '/restores', { source: `file:${fifo}`, to: 'rt', method: 'writeback' });
+    assert.equal(restore.status, 202, JSON.stringify(restore.json));
+    const refused = await call('POST', '/backups', { volume: 'vm', to: 'volume:rt' });
+    assertRefused(refused, 409, 'to');
+    assert.match(refused.json.error.message, /target of a restore/);
+    assert.equal((await call('POST', `/jobs/${restore.json.jobId}/cancel`)).status, 200);
+    assert.equal((await jobEnd(restore.json.jobId)).state, 'cancelled');
+    const accepted = await call('POST', '/backups', { volume: 'vm', to: 'volume:rt' });
+    assert.equal(accepted.status, 202, JSON.stringify(accepted.json));
+    assert.equal((await jobEnd(accepted.json.jobId)).state, 'succeeded');
+    assert.equal((await call('DELETE', `/backups/${accepted.json.id}?purgeMedia=true`)).status, 204);
+    assert.equal((await call('DELETE', '/volumes/rt')).status, 204);
+    fs.rmSync(fifo);
   });
 
   test('refused requests name the field and record nothing', async () => {
@@ -245,6 +286,10 @@ describe('backup API routes', () => {
     await array.volumeCreate({ name: 'used', sizeBytes: MiB });
     await array.volume('used').write(0, Buffer.alloc(4096, 1), { fua: false });
     assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:used' }), 409, 'to');
+    await array.volumeCreate({ name: 'odd', sizeBytes: MiB + 512 });
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:odd' }), 400, 'to'); // not whole extents
+    await array.volumeCreate({ name: 'locked', sizeBytes: 2 * MiB, readOnly: true });
+    assertRefused(await call('POST', '/backups', { volume: 'vm', to: 'volume:locked' }), 400, 'to');
     const notRegion = await jobEnd((await call('POST', '/backups/verify', { source: 'volume:used' })).json.jobId);
     assert.equal(notRegion.state, 'failed');
     assert.match(notRegion.error.message, /volume:used is not a backup region/);

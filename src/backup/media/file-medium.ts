@@ -21,15 +21,16 @@ type FileKind = 'file' | 'fifo' | 'char-device';
  * Two writers on one FIFO interleave their streams, two readers split one stream between them, and
  * the release of a cancelled wait (openDescriptor) would also release a second job waiting on the
  * same side: so each is one job's at a time, and the second is refused (BUSY) before it opens.
- * Keyed by device and inode, so another path to the same FIFO (a hard link) is the same FIFO.
+ * A FIFO is keyed by filesystem and inode (a hard link is the same FIFO), a tape by device number.
  */
 const claimedEnds = new Set<string>();
 
 type Side = 'write' | 'read';
 
 function endKey(stats: fs.Stats, kind: FileKind, side: Side): string {
-  // A FIFO's two ends are two media (a backup writing while a restore reads it); a tape is one.
-  return kind === 'fifo' ? `${stats.dev}:${stats.ino}:${side}` : `${stats.dev}:${stats.ino}`;
+  // A FIFO's two ends are two media (a backup writing while a restore reads it). A tape is one,
+  // named by its device number: /dev/st0 and /dev/nst0, or a node made with mknod, are one drive.
+  return kind === 'fifo' ? `fifo:${stats.dev}:${stats.ino}:${side}` : `device:${stats.rdev}`;
 }
 
 /** Claims the end of the FIFO or tape at `filePath` for one medium; returns its release (idempotent). */

@@ -4,11 +4,13 @@
  * volume of the array that holds one backup stream:
  *
  *   [0, 4096)                      the region label (below)
- *   [4096, 1 MiB)                  unused (never written, so it takes no space)
+ *   [4096, 1 MiB)                  unused (never written: beyond the label's extent it takes no space)
  *   [1 MiB, 1 MiB + streamBytes)   the stream, as on any other medium (docs/format.md)
  *
- * The stream starts at 1 MiB so that the stream writer's 1 MiB chunks land on extent boundaries
- * (a pool's extents are at most that): no write into a region is a partial-extent write.
+ * The stream starts at 1 MiB so that, with extents of up to 1 MiB (64 KiB by default), the stream
+ * writer's 1 MiB chunks fall on extent boundaries and no write into a region is a partial-extent
+ * one. (With 2 or 4 MiB extents the label and the stream's start share the first extent: correct,
+ * with one partial write per extent.)
  *
  * The label is written last, once the stream is on stable storage: a region without a good label
  * holds no finished backup (the backup failed or the daemon died mid-stream), and a reader says so

@@ -126,7 +126,7 @@ function formatVolume(volume: VolumeInfo): string {
     ['attr', volume.attr],
     ['access', volume.readOnly ? 'read-only' : volume.holdsBackup !== null ? 'read-only over NBD (a backup region)' : 'read-write'],
     ['state', volume.state],
-    ...(volume.holdsBackup === null ? [] : [['holds backup', `${volume.holdsBackup} (volume:${volume.name}; delete it with --purge-media to free the region)`] as [string, string]]),
+    ...(volume.holdsBackup === null ? [] : [['holds backup', `${volume.holdsBackup} (volume:${volume.name}; backup delete ${volume.holdsBackup} --purge-media empties and frees the region)`] as [string, string]]),
     ['created', volume.createdAt],
   ]);
 }
