@@ -382,8 +382,8 @@ export class BackupManager {
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
       await fs.promises.rm(medium.path);
     } else if (medium.kind === 'volume') {
-      // Emptied by delete() once the entry is gone (#purgeRegion): a crash in between then leaves
-      // a region nobody holds, never an entry over an emptied region.
+      // Emptied by delete() once the entry is gone (#regionToPurge, #emptyRegion): a crash in
+      // between then leaves a region nobody holds, never an entry over an emptied region.
     } else if (medium.kind === 'dir') {
       this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium && this.#streamIdOf(other) === streamId, ` (stream ${streamId})`);
       // Cartridges are named after the stream's backup id (a copy's after its original's), and
@@ -698,7 +698,6 @@ export class BackupManager {
     if (exists && request.create) throw new ThinError('ALREADY_EXISTS', `volume ${request.to} already exists (drop --create to restore into it)`, { field: 'to' });
     const heldBackup = exists ? this.regionHolder(request.to) : undefined;
     if (heldBackup) throw new ThinError('BUSY', `volume ${request.to} holds backup ${heldBackup} (a backup region); restore into another volume`, { field: 'to' });
-
     if (exists && this.#host.isBusy(this.#host.volume(request.to))) {
       throw new ThinError('BUSY', `volume ${request.to} is part of a running copy, backup or restore; restore into it once that is done`, { field: 'to' });
     }
@@ -707,9 +706,10 @@ export class BackupManager {
       throw new ThinError('BUSY', `volume ${request.to} is open read-write by ${writers} NBD client(s); disconnect them or add --force`, { field: 'to' });
     }
     await requireReadable(medium);
+    // Checked after the last await, right before the target is reserved (until the job's end).
+    if (this.#restoreTargets.has(request.to)) throw new ThinError('BUSY', `volume ${request.to} is the target of another restore that has not ended`, { field: 'to' });
     // The chain is resolved now, so a broken one is said at once, and its entries are held for the job
     // (a region named as a medium: the backup it holds, which a purge would otherwise empty under the job).
-    if (this.#restoreTargets.has(request.to)) throw new ThinError('BUSY', `volume ${request.to} is the target of another restore that has not ended`, { field: 'to' });
     const readIds = this.#hold(backupId ? this.#chainOf(backupId).map((entry) => entry.id) : this.#regionEntries(medium));
     this.#restoreTargets.add(request.to);
     const attachment = attached ? randomUUID() : null;
