@@ -280,7 +280,7 @@ export const ROUTES: readonly Route[] = [
     path: '/volumes/:name/backup-candidates',
     operationId: 'backupCandidates',
     tag: 'backups',
-    summary: 'Where the next backup of a volume can go: each media root, its free space, and the size a full and an incremental backup would take now.',
+    summary: 'Where the next backup of a volume can go: each media root, its cartridge sets, and the empty volumes that can be its backup region (volume:NAME), with free space and the size a full and an incremental backup would take now.',
     params: VolumeNameParamsSchema,
     success: { status: 200, description: 'The candidates.', schema: BackupCandidatesResponseSchema },
     errorStatuses: [400, 404],

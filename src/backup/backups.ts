@@ -419,8 +419,16 @@ export class BackupManager {
    * to delete, resize or restore into it. Derived from the catalog, so it cannot drift from it.
    */
   regionHolder(name: string): string | undefined {
-    const medium = `volume:${name}`;
-    return this.#listed().find((entry) => entry.medium === medium && entry.state !== 'failed')?.id;
+    // One query for the region's entries, not the whole catalog: this runs at every export open
+    // and for every volume a listing shows.
+    return this.catalog.liveOnMedium(formatMedium({ kind: 'volume', name })).find((entry) => !this.#deleting.has(entry.id))?.id;
+  }
+
+  /** The region a backup entry's medium names, if it names one. */
+  #regionNameOf(entry: BackupEntry): string | undefined {
+    if (entry.medium === '-') return undefined;
+    const medium = parseMedium(entry.medium);
+    return medium.kind === 'volume' ? medium.name : undefined;
   }
 
   /**
@@ -471,10 +479,10 @@ export class BackupManager {
    * entry is still 'running', and the restart empties the region again (recover).
    */
   async #emptyFailedRegion(entry: BackupEntry): Promise<void> {
-    if (!entry.medium.startsWith('volume:')) return;
-    const name = entry.medium.slice('volume:'.length);
+    const name = this.#regionNameOf(entry);
+    if (name === undefined || !this.#host.hasVolume(name)) return;
     const holder = this.regionHolder(name);
-    if (!this.#host.hasVolume(name) || (holder !== undefined && holder !== entry.id)) return;
+    if (holder !== undefined && holder !== entry.id) return;
     await this.#emptyRegion(name).catch((error: unknown) => this.#logger.warn({ backup: entry.id, region: name, err: error }, 'could not empty the region of a failed backup'));
   }
 
@@ -484,9 +492,8 @@ export class BackupManager {
    * at the failure and may hold a volume's data since; a region may have been reused).
    */
   async #regionToPurge(entry: BackupEntry, streamId: string): Promise<string | undefined> {
-    if (entry.state !== 'complete' || !entry.medium.startsWith('volume:')) return undefined;
-    const name = entry.medium.slice('volume:'.length);
-    if (!this.#host.hasVolume(name)) return undefined;
+    const name = this.#regionNameOf(entry);
+    if (entry.state !== 'complete' || name === undefined || !this.#host.hasVolume(name)) return undefined;
     this.#refuseSharedMedium(entry, (other) => other.medium === entry.medium, '');
     const region = this.#host.volume(name);
     const label = parseRegionLabel(await region.read(0, REGION_LABEL_BYTES), region.sizeBytes);
@@ -511,21 +518,20 @@ export class BackupManager {
   /**
    * Where the next backup of `volume` can go (seed 003's destination candidates): each media root
    * as a file, then the cartridge sets in it (the root itself or a directory right under it that
-   * already holds cartridges), each with its free space, the size a full and an incremental
-   * backup would need now, and whether they fit.
+   * already holds cartridges), then the volumes of the array that can take it as a backup region,
+   * each with its free space, the size a full and an incremental backup would need now, and
+   * whether they fit.
    */
   async candidates(volumeName: string): Promise<BackupCandidate[]> {
     const volume = this.#host.volume(volumeName);
     const { fullBytes, incrementalBytes } = this.#streamEstimate(volume);
     const candidates: BackupCandidate[] = [];
-    const candidate = async (medium: string, root: string, directory: string): Promise<BackupCandidate> => {
-      const stats = await fs.promises.statfs(directory).catch(() => undefined);
-      const freeBytes = stats ? stats.bavail * stats.bsize : 0;
-      return { medium, root, freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes };
-    };
+    const candidate = (medium: string, root: string, freeBytes: number): BackupCandidate => ({
+      medium, root, freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes,
+    });
     for (const root of this.#mediaRoots) {
-      candidates.push(await candidate(`file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, root));
-      for (const directory of await cartridgeSetsIn(root)) candidates.push(await candidate(`dir:${directory}`, root, directory));
+      candidates.push(candidate(`file:${path.join(root, `${volume.name}-<id>.tbk`)}`, root, await freeBytesIn(root)));
+      for (const directory of await cartridgeSetsIn(root)) candidates.push(candidate(`dir:${directory}`, root, await freeBytesIn(directory)));
     }
     // Backup regions inside the array: the volumes a backup of this one may go into now. Regions
     // are thin, so the room is also bounded by the pool's free extents.
@@ -536,8 +542,7 @@ export class BackupManager {
       } catch {
         continue; // not a region for this backup now (the reason is what backup create would say)
       }
-      const freeBytes = Math.min(regionCapacityBytes(this.#host.volume(name).sizeBytes), poolFreeBytes);
-      candidates.push({ medium: `volume:${name}`, root: 'array', freeBytes, fullBytes, incrementalBytes, fitsFull: freeBytes >= fullBytes, fitsIncremental: incrementalBytes !== null && freeBytes >= incrementalBytes });
+      candidates.push(candidate(formatMedium({ kind: 'volume', name }), 'array', Math.min(regionCapacityBytes(this.#host.volume(name).sizeBytes), poolFreeBytes)));
     }
     return candidates;
   }
@@ -1055,6 +1060,12 @@ async function cartridgeSetsIn(root: string): Promise<string[]> {
     if ((await backupIdsInDir(directory).catch(() => [])).length > 0) sets.push(directory);
   }
   return sets;
+}
+
+/** What the filesystem holding `directory` has free for us (0 when it cannot be asked). */
+async function freeBytesIn(directory: string): Promise<number> {
+  const stats = await fs.promises.statfs(directory).catch(() => undefined);
+  return stats ? stats.bavail * stats.bsize : 0;
 }
 
 /** dir: media are written in cartridges of a given size: say so before a job is started without one. */

@@ -52,6 +52,7 @@ export class BackupCatalog {
     this.#statements = {
       all: store.prepare<[], Row>(`SELECT ${COLUMNS} FROM backups ORDER BY number`),
       one: store.prepare<[string], Row>(`SELECT ${COLUMNS} FROM backups WHERE id = ?`),
+      liveOnMedium: store.prepare<[string], Row>(`SELECT ${COLUMNS} FROM backups WHERE medium = ? AND state != 'failed' ORDER BY number`),
       lastNumber: store.prepare<[], { n: number | null }>('SELECT MAX(number) AS n FROM backups'),
       lastGeneration: store.prepare<[string], { g: number | null }>("SELECT MAX(generation) AS g FROM backups WHERE volume_uuid = ? AND state = 'complete'"),
       insert: store.prepare(`INSERT INTO backups (id, number, volume_name, volume_uuid, point_in_time, method, kind, parent_id, generation, medium,
@@ -66,6 +67,11 @@ export class BackupCatalog {
 
   list(): BackupEntry[] {
     return this.#statements.all.all().map(toEntry);
+  }
+
+  /** The entries, running or complete, that name `medium` (as formatMedium writes it). */
+  liveOnMedium(medium: string): BackupEntry[] {
+    return this.#statements.liveOnMedium.all(medium).map(toEntry);
   }
 
   get(id: string): BackupEntry | undefined {

@@ -107,7 +107,7 @@ export function registerBackupCommands(program: Command, io: CliIo): void {
 
   backup
     .command('candidates')
-    .description('where the next backup of VOLUME can go: each media root, its free space, and what a full and an incremental backup would take now')
+    .description('where the next backup of VOLUME can go: each media root, its cartridge sets and the empty volumes that can be a backup region, with free space and what a full and an incremental backup would take now')
     .argument('<volume>', 'the volume to back up')
     .action(async (volume: string, _options: object, command: Command) => {
       const context = CliContext.of(command, io);
@@ -157,7 +157,7 @@ function formatCandidates({ volume, candidates }: { volume: string; candidates: 
       candidate.incrementalBytes === null ? '- (no base)' : `${formatBytes(candidate.incrementalBytes)}${candidate.fitsIncremental ? '' : ' (no room)'}`,
     ]),
   );
-  return `${table}\nFULL and INCREMENTAL: what a backup of ${volume} would take now. For file: media, replace <id> with a name; dir: media are cartridge sets, which take it as new cartridges (give --media-size).`;
+  return `${table}\nFULL and INCREMENTAL: what a backup of ${volume} would take now. For file: media, replace <id> with a name; dir: media are cartridge sets, which take it as new cartridges (give --media-size); volume: media are empty volumes of the array.`;
 }
 
 function describeStarted(entry: BackupEntry): string {
