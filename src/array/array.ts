@@ -442,6 +442,7 @@ export class StorageArray implements StorageArrayApi, CopyHost, BackupHost {
     try {
       // Jobs stop first (their rows stay resumable), so their last writes are in the final commit.
       await this.jobs.close();
+      await this.backups?.close();
       await this.committer.sync();
     } finally {
       this.#closed = true;

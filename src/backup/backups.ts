@@ -19,7 +19,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError, isThinError, messageOf } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
-import { releaseBuffer } from '../lib/buffer-pool.js';
 import { WriteBehind } from '../lib/write-behind.js';
 import { ChangeTracker } from '../volume/change-tracker.js';
 import type { Logger } from '../lib/log.js';
@@ -36,7 +35,8 @@ import { openMediumReader, openMediumWriter } from './media/open.js';
 import { REGION_LABEL_BYTES, RegionReader, RegionWriter, parseRegionLabel, regionCapacityBytes } from './media/volume-medium.js';
 import { backupIdsInDir } from './media/dir-medium.js';
 import { resolveUnderRoots } from './media/roots.js';
-import { RunReader } from './run-reader.js';
+import { DataMoverPool } from './data-mover.js';
+import { RECORD_FIELDS } from './data-mover-protocol.js';
 
 export interface BackupHost {
   readonly store: MetaStore;
@@ -90,6 +90,8 @@ const VERIFY_JOB = 'verify';
 export class BackupManager {
   readonly #host: BackupHost;
   readonly #logger: Logger;
+  /** Worker threads that move backups' data (src/backup/data-mover.ts). */
+  readonly #movers = new DataMoverPool();
   readonly #mediaRoots: string[];
   readonly catalog: BackupCatalog;
   /** `-` media the API attached, until their job opens them: backup id → the CLI's stdout; restore attachment → its stdin. */
@@ -142,6 +144,11 @@ export class BackupManager {
         if (this.catalog.get(copyId)?.state === 'running') this.catalog.fail(copyId, 'the job ended before it ran');
       },
     });
+  }
+
+  /** At array close, once no job runs: ends the data movers' threads. */
+  async close(): Promise<void> {
+    await this.#movers.close();
   }
 
   /** At open: backups cut by a crash or restart end failed, and their views are dropped. */
@@ -232,7 +239,6 @@ export class BackupManager {
     const entry = this.#entry(backupId);
     let writer: BackupStreamWriter | undefined;
     let mediumWriter: MediumWriter | undefined;
-    let reader: RunReader<number[]> | undefined;
     const view = this.#host.copies.sessionOfTarget(viewName(backupId));
     if (!view) throw new ThinError('NOT_FOUND', `the point-in-time view of backup ${backupId} is gone`);
     const volume = view.source;
@@ -252,40 +258,42 @@ export class BackupManager {
       });
       ctx.setTotal(recordIndexes.length * view.extentBytes);
       await writer.writeHeader();
-      // Read through the view (the point-in-time data, wherever it lives now) in runs of adjacent
-      // records, one read per run: small runs synchronously while they hit the page cache, large
-      // ones and those after cache misses on the thread pool, read ahead (src/backup/run-reader.ts).
-      // Synchronous reads all go into one buffer: each run's data is copied into the stream before
-      // the next read (a fresh 64 KiB buffer per read was 20 MiB of garbage per 2% incremental:
-      // 13–16 ms of collection, and page faults on every first touch).
-      const runs = recordRuns(recordIndexes, LIMITS.backupReadExtentsMax);
-      const syncReadBuffer = Buffer.allocUnsafeSlow(LIMITS.backupSyncRunBytesMax);
-      reader = new RunReader(runs, (run) => run.length * view.extentBytes, (run, io) =>
-        view.target.read((view.row.metadataExtents + run[0]!) * view.extentBytes, run.length * view.extentBytes, io === 'sync' ? { io, into: syncReadBuffer } : { io }), {
-        inFlightMax: LIMITS.backupReadsInFlightMax, syncBudgetMs: LIMITS.backupSyncReadBudgetMs, slowReadsToSwitch: LIMITS.backupSlowReadsToSwitch, slowReadsWindow: LIMITS.backupSlowReadsWindow,
-        threadPoolRunsAfterMiss: LIMITS.backupThreadPoolRunsAfterMiss, syncRunBytesMax: LIMITS.backupSyncRunBytesMax,
-      });
-      for (const run of runs) {
-        if (ctx.signal.aborted) throw ctx.signal.reason;
-        const data = await reader.next()!;
-        for (const [k, i] of run.entries()) {
-          const sourceExtent = list[i]!;
-          const length = Math.min(view.extentBytes, view.row.sourceCapacityBytes - sourceExtent * view.extentBytes);
-          await writer.writeExtent(sourceExtent, data.subarray(k * view.extentBytes, k * view.extentBytes + length));
+      // The data section moves on a worker thread (src/backup/data-mover.ts), which reads the
+      // point-in-time data where the view says it is now.
+      const extentBytes = view.extentBytes;
+      const describe = (first: number, count: number, into: Float64Array): void => {
+        for (let k = 0; k < count; k++) {
+          const listIndex = recordIndexes[first + k]!;
+          const sourceExtent = list[listIndex]!;
+          const location = view.target.diskLocation(view.row.metadataExtents + listIndex);
+          const at = k * RECORD_FIELDS;
+          into[at] = sourceExtent;
+          into[at + 1] = location?.fd ?? -1;
+          into[at + 2] = location?.positionBytes ?? 0;
+          into[at + 3] = Math.min(extentBytes, view.row.sourceCapacityBytes - sourceExtent * extentBytes);
         }
-        releaseBuffer(data); // the writer has copied it: recycle rather than leave it to the collector
-        ctx.addDone(run.length * view.extentBytes);
-      }
+      };
+      let reported = 0;
+      const total = recordIndexes.length * extentBytes;
+      const streamWriter = writer;
+      await this.#movers.withMover((mover) => mover.move({
+        writer: streamWriter, extentBytes, recordCount: recordIndexes.length, describe, signal: ctx.signal,
+        onProgress: (bytes) => {
+          const add = Math.min(bytes, total - reported);
+          reported += add;
+          ctx.addDone(add);
+        },
+      }));
+      ctx.addDone(total - reported);
       const summary = await writer.finish();
       this.catalog.complete(backupId, { streamBytes: summary.streamBytes, dataBytes: summary.dataBytes, extents: summary.recordCount, digest: summary.digestHex, pointInTime: view.row.pointInTime });
       volume.changes?.releaseHeld();
       this.#host.setTrackingBase(volume, backupId);
-      this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount, syncReads: reader.syncReads, threadPoolReads: reader.threadPoolReads }, 'backup complete');
+      this.#logger.info({ backup: backupId, volume: entry.volumeName, bytes: summary.streamBytes, extents: summary.recordCount }, 'backup complete');
       return { backupId, streamBytes: summary.streamBytes, extents: summary.recordCount, digest: summary.digestHex };
     } catch (error) {
       // The stream writer closes its medium; a medium opened before the writer could be made is closed here.
       await (writer ?? mediumWriter)?.abort().catch(() => undefined);
-      await reader?.settle(); // no read still running when the view is dropped
       volume.changes?.returnHeld(); // still changes since the last complete backup
       await this.#emptyFailedRegion(entry);
       this.catalog.fail(backupId, messageOf(error));
@@ -1034,17 +1042,6 @@ function recordIndexesOf(list: Float64Array, held: { has(extent: number): boolea
   const indexes: number[] = [];
   for (let i = 0; i < list.length; i++) if (!held || held.has(list[i]!)) indexes.push(i);
   return indexes;
-}
-
-/** Consecutive record indexes (adjacent extents of the view), at most `max` per run. */
-function recordRuns(indexes: readonly number[], max: number): number[][] {
-  const runs: number[][] = [];
-  for (const index of indexes) {
-    const last = runs[runs.length - 1];
-    if (last && last.length < max && last[last.length - 1] === index - 1) last.push(index);
-    else runs.push([index]);
-  }
-  return runs;
 }
 
 /**

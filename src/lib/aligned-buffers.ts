@@ -60,6 +60,20 @@ export function isDirectIoReady(buffer: Uint8Array): boolean {
     && buffer.byteLength > 0;
 }
 
+/**
+ * Page-aligned memory that other threads can see (a data mover's ring): a shared
+ * WebAssembly.Memory, so the same alignment argument holds. Keep it for the owner's lifetime
+ * (see above on address space); Buffers over it pass isDirectIoReady.
+ */
+export function createAlignedSharedMemory(bytes: number): SharedArrayBuffer {
+  assert(Number.isSafeInteger(bytes) && bytes > 0 && bytes % WASM_PAGE_BYTES === 0, 'aligned shared memory: a whole number of 64 KiB pages');
+  const pages = bytes / WASM_PAGE_BYTES;
+  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  const buffer = memory.buffer as unknown as SharedArrayBuffer;
+  alignedBackingStores.add(buffer);
+  return buffer;
+}
+
 function carveSlab(bytesEach: number): Buffer[] {
   const count = Math.max(1, Math.floor(SLAB_BYTES_MIN / bytesEach));
   const memory = new WebAssembly.Memory({ initial: (count * bytesEach) / WASM_PAGE_BYTES });

@@ -87,24 +87,8 @@ export const LIMITS = {
   /** Copy engine: extents per batch (one read of adjacent extents) and batches in flight: ≤ 4 MiB of buffers at 64 KiB extents. */
   copyBatchExtentsMax: 16,
   copyBatchesInFlightMax: 4,
-  /** Backup: adjacent extents read through the view in one read (1 MiB at 64 KiB extents). */
-  backupReadExtentsMax: 16,
-  /** Reads of a backup's runs in flight at once on the thread pool (read ahead of the stream writer). */
-  backupReadsInFlightMax: 8,
   /** `backup candidates`: cartridge sets listed per media root (each costs a readdir). */
   backupCandidateSetsMax: 64,
-  /**
-   * How a backup reads its runs (src/backup/run-reader.ts): runs up to backupSyncRunBytesMax
-   * synchronously (a 256 KiB page-cache copy takes about what a thread-pool hop costs here);
-   * when backupSlowReadsToSwitch of the last backupSlowReadsWindow took over
-   * backupSyncReadBudgetMs, they went to the disk, and the next backupThreadPoolRunsAfterMiss runs
-   * are read on the thread pool.
-   */
-  backupSyncRunBytesMax: 256 * KiB,
-  backupSyncReadBudgetMs: 2,
-  backupSlowReadsToSwitch: 2,
-  backupSlowReadsWindow: 8,
-  backupThreadPoolRunsAfterMiss: 64,
   /** Restore (remap): records written to new extents in one batch, and batches in flight. */
   restoreBatchExtentsMax: 32,
   restoreBatchesInFlightMax: 4,

@@ -108,31 +108,43 @@ export class Volume implements BlockDevice {
 
   // ---- read ---------------------------------------------------------------------------------
 
-  /**
-   * `options.io` overrides how the disk is read: 'sync' (a pread on this thread: a page-cache hit
-   * costs microseconds, a miss stalls every connection until the disk answers) or 'thread-pool'
-   * (a hop of tens of microseconds, but a miss waits off the event loop, several at once). By
-   * default, reads up to syncReadBytesMax are synchronous. A backup chooses per read (RunReader).
-   * `options.into`: read into the start of this buffer instead of a new or recycled one, for a
-   * caller that is done with each read's data before the next (nothing allocated per read).
-   */
-  async read(offsetBytes: number, lengthBytes: number, options: { io?: 'sync' | 'thread-pool'; into?: Buffer } = {}): Promise<Buffer> {
+  /** Reads up to syncReadBytesMax are synchronous (mostly page-cache hits: a pread beats a thread-pool hop); larger ones go to the thread pool. */
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.#checkRange(offsetBytes, lengthBytes);
-    assert(options.into === undefined || options.into.length >= lengthBytes, 'a read into a given buffer fits in it');
     for (let pending = this.#pendingInitializing(offsetBytes, lengthBytes); pending; pending = this.#pendingInitializing(offsetBytes, lengthBytes)) await pending;
     // Large reads use recycled buffers; whoever sends the data may hand them back (releaseBuffer).
-    const target = options.into?.subarray(0, lengthBytes) ?? acquireBuffer(lengthBytes);
+    const target = acquireBuffer(lengthBytes);
     const runs = this.#planRead(offsetBytes, lengthBytes, target);
-    const io = options.io ?? (lengthBytes <= LIMITS.syncReadBytesMax ? 'sync' : 'thread-pool');
-    if (io === 'sync') {
-      // Small reads are mostly page-cache hits: a synchronous pread beats a thread-pool hop.
+    if (lengthBytes <= LIMITS.syncReadBytesMax) {
       for (const run of runs) readRunSync(run);
       return target;
     }
     // allSettled: when one run fails, the others still read into `target` — wait for them
-    // before unpinning and before the caller (a backup dropping its view) goes on.
+    // before unpinning and before the caller goes on.
     await this.#pinned(runs, () => settleAll(runs.map(readRun)));
     return target;
+  }
+
+  /**
+   * Where a read of one whole extent finds its data now: a disk and byte position, or null when it
+   * reads as zeros — what read() would do, for a reader on another thread (a backup's data mover,
+   * src/backup/data-mover.ts). Such a reader pins nothing: the position stays valid only while
+   * nothing can rewrite or free that physical extent. For a backup view's target that holds for
+   * the view's life: a source write or trim hands the point-in-time extent to the view, never
+   * overwrites or frees it, and the view is read-only.
+   */
+  diskLocation(extentIndex: number): { fd: number; positionBytes: number } | null {
+    assert(Number.isSafeInteger(extentIndex) && extentIndex >= 0 && extentIndex * this.extentBytes < this.sizeBytes, `extent ${extentIndex} is inside volume ${this.name}`);
+    assert(!this.#initializing.has(extentIndex), 'diskLocation: the extent is not being initialized (a view\'s target never is)');
+    let physicalExtent = this.map.lookup(extentIndex);
+    if (physicalExtent < 0 && this.copyTarget) {
+      const pending = this.copyTarget.resolve(extentIndex);
+      assert(pending.kind !== 'data', 'diskLocation: an extent served from memory (a compact header) has no disk position');
+      if (pending.kind === 'physical') physicalExtent = pending.physicalExtent;
+    }
+    if (physicalExtent < 0) return null;
+    const { fd, offsetBytes } = this.#context.pool.locate(physicalExtent);
+    return { fd, positionBytes: offsetBytes };
   }
 
   /** Zero-fills holes in `target` and returns the disk reads that fill the rest. */

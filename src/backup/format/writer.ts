@@ -42,7 +42,7 @@ export class BackupStreamWriter {
   readonly #frameHeader = Buffer.alloc(FRAME_HEADER_BYTES);
 
   // Changes during the run.
-  #state: 'new' | 'data' | 'finished' | 'failed' = 'new';
+  #state: 'new' | 'data' | 'external' | 'finished' | 'failed' = 'new';
   #recordsWritten = 0;
   #dataBytesWritten = 0;
   /** Stream bytes staged so far (the stream offset of the next byte). */
@@ -61,6 +61,8 @@ export class BackupStreamWriter {
   /** Every staging chunk this writer took (the one being filled, those in flight, those free again). */
   readonly #stagingOwned: Buffer[] = [];
   readonly #inFlight: Dispatched[] = [];
+  /** Medium writes of chunks an outside producer staged (beginExternalData): their memory is the producer's. */
+  readonly #externalInFlight = new Set<Promise<void>>();
   #failure: unknown = null;
   /** A call is staging bytes: calls must come one at a time (each awaited), or frames would interleave. */
   #busy = false;
@@ -123,6 +125,65 @@ export class BackupStreamWriter {
     });
   }
 
+  /**
+   * Hands the data section to an outside producer (src/backup/data-mover.ts), which lays the DATA
+   * frames out itself, exactly as writeExtent would, in chunks of `chunkBytes`. Returns the bytes
+   * staged so far: the producer's first chunk must start with them (copy them before the next
+   * call). Until endExternalData, the writer only sends the producer's chunks to the medium.
+   */
+  beginExternalData(): { chunkBytes: number; stagedHead: Buffer } {
+    this.#expectState('data', 'beginExternalData');
+    assert(this.#recordsWritten === 0, 'the data section goes outside before its first record');
+    const stagedHead = this.#staging.subarray(0, this.#stagedBytes);
+    // Those bytes now travel in the producer's first chunk, counted when it is written.
+    this.#streamBytes -= this.#stagedBytes;
+    this.#stagedBytes = 0;
+    this.#state = 'external';
+    return { chunkBytes: this.#staging.length, stagedHead };
+  }
+
+  /**
+   * One full chunk of the data section. `frameHeaders`: the DATA frame headers that start in it,
+   * in order (the stream digest covers them). Resolves once the medium has the chunk, so the
+   * producer may reuse its memory; rejects if the medium failed (the stream is then failed).
+   */
+  writeExternalChunk(chunk: Buffer, frameHeaders: Buffer): Promise<void> {
+    this.#expectState('external', 'writeExternalChunk');
+    assert(chunk.length === this.#staging.length, 'an outside chunk is a whole chunk');
+    assert(frameHeaders.length % FRAME_HEADER_BYTES === 0, 'whole frame headers');
+    this.#throwIfFailed();
+    this.#streamDigest.update(frameHeaders);
+    this.#streamBytes += chunk.length;
+    const done = this.#medium.write(chunk).catch((error: unknown) => {
+      this.#failure ??= error;
+      this.#state = 'failed';
+      throw error;
+    });
+    const tracked: Promise<void> = done.catch(() => undefined).then(() => {
+      this.#externalInFlight.delete(tracked);
+    });
+    this.#externalInFlight.add(tracked);
+    return done;
+  }
+
+  /**
+   * The producer is done: `tail` (shorter than a chunk) is staged here, as the start of the next
+   * chunk, with the frame headers that start in it. `recordCount` and `dataBytes`: the whole data
+   * section's, which finish() checks against the header.
+   */
+  endExternalData(tail: Buffer, frameHeaders: Buffer, recordCount: number, dataBytes: number): void {
+    this.#expectState('external', 'endExternalData');
+    assert(tail.length < this.#staging.length && this.#stagedBytes === 0, 'the tail fits in the staging chunk');
+    this.#throwIfFailed();
+    this.#streamDigest.update(frameHeaders);
+    tail.copy(this.#staging, 0);
+    this.#stagedBytes = tail.length;
+    this.#streamBytes += tail.length;
+    this.#recordsWritten = recordCount;
+    this.#dataBytesWritten = dataBytes;
+    this.#state = 'data';
+  }
+
   /** Trailer, then waits for the medium and closes it (durable where the medium can be). */
   async finish(): Promise<BackupStreamSummary> {
     this.#expectState('data', 'finish');
@@ -139,7 +200,7 @@ export class BackupStreamWriter {
       digest.copy(payload, TRAILER.digest);
       await this.#appendFrame(TAG.trailer, payload, 0, 0, 'payload');
       await this.#dispatch(false);
-      await Promise.all(this.#inFlight.map((d) => d.done));
+      await Promise.all([...this.#inFlight.map((d) => d.done), ...this.#externalInFlight]);
       this.#giveBackStaging();
       this.#throwIfFailed();
       await this.#medium.close();
@@ -152,7 +213,7 @@ export class BackupStreamWriter {
   async abort(): Promise<void> {
     if (this.#state === 'finished') return;
     this.#state = 'failed';
-    await Promise.all(this.#inFlight.map((d) => d.done));
+    await Promise.all([...this.#inFlight.map((d) => d.done), ...this.#externalInFlight]);
     // A call still staging bytes (abort without awaiting it) may still hand a chunk to the medium:
     // its chunks then stay out of the pool for good (a few MiB), rather than be handed to another
     // backup while a write may still read them. The backup job never aborts a call under way.
@@ -171,7 +232,7 @@ export class BackupStreamWriter {
     for (const buffer of this.#stagingOwned.splice(0)) releaseAlignedBuffer(buffer);
   }
 
-  #expectState(state: 'new' | 'data', operation: string): void {
+  #expectState(state: 'new' | 'data' | 'external', operation: string): void {
     if (this.#state === 'failed') throw new ThinError('IO_ERROR', `${operation}: the backup stream to ${this.#medium.description} has already failed`, { cause: this.#failure });
     if (this.#state !== state) throw new ThinError('INVALID_ARGUMENT', `${operation}: not allowed now (stream state ${this.#state})`);
   }

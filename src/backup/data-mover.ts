@@ -1,0 +1,263 @@
+/**
+ * Moves a backup's data section from the pool to the stream on a worker thread.
+ *
+ * Why: the data section is a read, a CRC-32 and a copy per extent, then a write to the medium.
+ * Done on the event loop (one thread-pool read per physically contiguous piece, the CRC and the
+ * staging copy on this thread), a full backup of 1 GiB kept this thread busy about 390 ms, and
+ * waking a pool thread for each of its 16 reads per MiB took the CPU away from it at every step
+ * (2 cores): the backup ran at 1.3–1.6× a plain `cp` on tmpfs. The worker reads each extent
+ * straight into the place the stream puts it, in a ring of page-aligned chunks in shared memory,
+ * computes the CRC and writes the frame header; this thread only hands sealed chunks to the
+ * medium (as before: any MediumWriter, O_DIRECT for files) and digests their frame headers.
+ *
+ * The worker reads through positions this thread computes (Volume.diskLocation): valid because a
+ * backup view's point-in-time extents are never rewritten or freed while the view lives, and the
+ * job drops the view only after the run ends. Movers are kept between backups (a worker takes
+ * tens of milliseconds to start, longer than a small incremental); one runs one backup at a time.
+ */
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { assert } from '../lib/assert.js';
+import { createAlignedSharedMemory } from '../lib/aligned-buffers.js';
+import { ThinError } from '../lib/errors.js';
+import { LIMITS } from '../lib/limits.js';
+import { FRAME_HEADER_BYTES } from './format/layout.js';
+import { BACKUP_LIMITS } from './format/limits.js';
+import type { BackupStreamWriter } from './format/writer.js';
+import {
+  CONTROL, CONTROL_WORDS, ERROR_AREA_BYTES, RECORD_FIELDS, RESULT, RESULT_WORDS, RUN_STATE, type MoverMemory, type RunMessage,
+} from './data-mover-protocol.js';
+
+/** Chunks in the ring: 16 MiB of 1 MiB chunks, room for the largest extent (4 MiB) several times over. */
+const SLOT_COUNT = 16;
+/** Records per batch posted to the worker (32 bytes each); two batches are kept ahead of it. */
+const RECORDS_PER_BATCH = 8192;
+const BATCHES_AHEAD = 2;
+
+export interface MoveRequest {
+  writer: BackupStreamWriter;
+  /** The stream's extent size: every record but the last is this long. */
+  extentBytes: number;
+  recordCount: number;
+  /** Fills `into` with RECORD_FIELDS numbers per record for records [first, first + count): source extent, fd (−1: zeros), disk position, length. */
+  describe: (first: number, count: number, into: Float64Array) => void;
+  signal: AbortSignal;
+  /** Called as chunks reach the medium, with their bytes. */
+  onProgress: (streamBytes: number) => void;
+}
+
+export class DataMover {
+  readonly #worker: Worker;
+  readonly #port: MessagePort;
+  readonly #memory: MoverMemory;
+  readonly #control: Int32Array;
+  readonly #slots: Buffer[];
+  readonly #headerLog: Buffer;
+  readonly #headerCounts: Int32Array;
+  /** Rejects when the worker dies (it never exits on its own). */
+  readonly #gone: Promise<never>;
+  #alive = true;
+  #busy = false;
+  /** The current run reached a final state and none of its chunk writes is running. */
+  #runSettled = false;
+
+  constructor() {
+    const slotBytes = BACKUP_LIMITS.writeChunkBytes;
+    // Every record is a frame header and at least one byte; all but the source's last extent are whole.
+    const headersPerSlotMax = Math.floor(slotBytes / (FRAME_HEADER_BYTES + LIMITS.extentBytesMin)) + 2;
+    this.#memory = {
+      ring: createAlignedSharedMemory(SLOT_COUNT * slotBytes),
+      control: new SharedArrayBuffer(CONTROL_WORDS * 4),
+      headerLog: new SharedArrayBuffer(SLOT_COUNT * headersPerSlotMax * FRAME_HEADER_BYTES),
+      headerCounts: new SharedArrayBuffer(SLOT_COUNT * 4),
+      result: new SharedArrayBuffer(RESULT_WORDS * 8),
+      error: new SharedArrayBuffer(ERROR_AREA_BYTES),
+      slotBytes, slotCount: SLOT_COUNT, headersPerSlotMax,
+    };
+    this.#control = new Int32Array(this.#memory.control);
+    const ring = Buffer.from(this.#memory.ring);
+    this.#slots = Array.from({ length: SLOT_COUNT }, (_, index) => ring.subarray(index * slotBytes, (index + 1) * slotBytes));
+    this.#headerLog = Buffer.from(this.#memory.headerLog);
+    this.#headerCounts = new Int32Array(this.#memory.headerCounts);
+    const { port1, port2 } = new MessageChannel();
+    this.#port = port1;
+    this.#worker = new Worker(new URL('./data-mover-worker.js', import.meta.url), { workerData: { memory: this.#memory, port: port2 }, transferList: [port2] });
+    this.#worker.unref();
+    this.#gone = new Promise<never>((_, reject) => {
+      const die = (error: unknown): void => {
+        this.#alive = false;
+        reject(new ThinError('INTERNAL', `the backup data mover thread ended: ${error instanceof Error ? error.message : String(error)}`));
+      };
+      this.#worker.once('error', die);
+      this.#worker.once('exit', (code) => die(`exit code ${code}`));
+    });
+    this.#gone.catch(() => undefined); // observed by each run
+  }
+
+  /** Alive and not in a run: may take the next backup. */
+  get reusable(): boolean {
+    return this.#alive && !this.#busy;
+  }
+
+  /**
+   * Moves the whole data section of `writer`'s stream (which has written its header): every
+   * record's frame goes to the medium, and the writer is left staging the tail, ready for finish().
+   * Rejects (the writer is then failed) on a read or medium error, or when `signal` aborts; in
+   * every case only after the worker has stopped and no chunk write of this run is running.
+   */
+  async move(request: MoveRequest): Promise<void> {
+    assert(this.reusable, 'a data mover runs one backup at a time');
+    this.#busy = true;
+    this.#runSettled = false;
+    this.#worker.ref(); // a run in progress keeps the process alive
+    try {
+      await this.#move(request);
+    } finally {
+      this.#worker.unref();
+      // A run that did not reach a final state (the worker died) leaves the mover unusable.
+      if (this.#runSettled) this.#busy = false;
+      else void this.close();
+    }
+  }
+
+  async #move({ writer, extentBytes, recordCount, describe, signal, onProgress }: MoveRequest): Promise<void> {
+    const control = this.#control;
+    // The header logs are sized for the smallest extent; the worker needs every chunk a record
+    // touches free at once, with room to spare so that it runs ahead of the medium.
+    assert(extentBytes >= LIMITS.extentBytesMin, 'the data mover handles extents of at least extentBytesMin');
+    assert(Math.ceil((extentBytes + FRAME_HEADER_BYTES) / this.#memory.slotBytes) + 1 <= SLOT_COUNT / 2, 'a record spans at most half the ring');
+    const { chunkBytes, stagedHead } = writer.beginExternalData();
+    assert(chunkBytes === this.#memory.slotBytes, 'the writer stages chunks of the ring slot size');
+    for (const word of [CONTROL.sealed, CONTROL.released, CONTROL.stop, CONTROL.batchesTaken, CONTROL.errorBytes]) Atomics.store(control, word, 0);
+    Atomics.store(control, CONTROL.state, RUN_STATE.running);
+    stagedHead.copy(this.#slots[0]!, 0);
+    this.#post({ type: 'run', startBytes: stagedHead.length, recordCount } satisfies RunMessage);
+
+    let recordsPosted = 0;
+    let batchesPosted = 0;
+    const postBatches = (): void => {
+      while (recordsPosted < recordCount && batchesPosted - Atomics.load(control, CONTROL.batchesTaken) < BATCHES_AHEAD) {
+        const count = Math.min(RECORDS_PER_BATCH, recordCount - recordsPosted);
+        const batch = new Float64Array(count * RECORD_FIELDS);
+        describe(recordsPosted, count, batch);
+        this.#post(batch, [batch.buffer]);
+        recordsPosted += count;
+        batchesPosted++;
+      }
+    };
+
+    let failure: unknown = null;
+    const stop = (): void => {
+      Atomics.store(control, CONTROL.stop, 1);
+      Atomics.notify(control, CONTROL.released);
+      Atomics.add(control, CONTROL.posted, 1);
+      Atomics.notify(control, CONTROL.posted);
+    };
+    const onAbort = (): void => {
+      failure ??= signal.reason;
+      stop();
+    };
+    signal.addEventListener('abort', onAbort);
+    if (signal.aborted) onAbort();
+
+    const writes = new Set<Promise<void>>();
+    const written = new Set<number>();
+    let dispatched = 0;
+    let released = 0;
+    const release = (): void => {
+      while (written.delete(released)) released++;
+      Atomics.store(control, CONTROL.released, released);
+      Atomics.notify(control, CONTROL.released);
+    };
+    const dispatch = (chunk: number): void => {
+      const slot = chunk % SLOT_COUNT;
+      try {
+        const write = writer.writeExternalChunk(this.#slots[slot]!, this.#headersOf(slot)).then(() => {
+          written.add(chunk);
+          release();
+          onProgress(chunkBytes);
+        }, (error: unknown) => {
+          failure ??= error;
+          stop();
+        });
+        writes.add(write);
+        void write.then(() => writes.delete(write));
+      } catch (error) {
+        failure ??= error;
+        stop();
+      }
+    };
+
+    try {
+      let state: number = RUN_STATE.running;
+      while (state === RUN_STATE.running) {
+        const events = Atomics.load(control, CONTROL.events);
+        state = Atomics.load(control, CONTROL.state);
+        const sealed = Atomics.load(control, CONTROL.sealed);
+        if (failure === null) {
+          while (dispatched < sealed) dispatch(dispatched++);
+          postBatches();
+        }
+        if (state !== RUN_STATE.running) break;
+        const wait = Atomics.waitAsync(control, CONTROL.events, events);
+        if (wait.async) await Promise.race([wait.value, this.#gone]);
+      }
+      await Promise.all(writes);
+      this.#runSettled = true;
+      if (state === RUN_STATE.failed) {
+        const text = Buffer.from(this.#memory.error).subarray(0, Atomics.load(control, CONTROL.errorBytes)).toString('utf8');
+        throw new ThinError('IO_ERROR', `backup read: ${text}`);
+      }
+      if (failure !== null) throw failure;
+      assert(state === RUN_STATE.done, 'the worker ends a run done, failed or stopped');
+      const result = new Float64Array(this.#memory.result);
+      const tailSlot = Atomics.load(control, CONTROL.sealed) % SLOT_COUNT;
+      writer.endExternalData(this.#slots[tailSlot]!.subarray(0, result[RESULT.tailBytes]!), this.#headersOf(tailSlot), result[RESULT.records]!, result[RESULT.dataBytes]!);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** The frame headers logged for a slot (valid until the slot is released). */
+  #headersOf(slot: number): Buffer {
+    const first = slot * this.#memory.headersPerSlotMax;
+    return this.#headerLog.subarray(first * FRAME_HEADER_BYTES, (first + this.#headerCounts[slot]!) * FRAME_HEADER_BYTES);
+  }
+
+  #post(message: unknown, transfer: ArrayBuffer[] = []): void {
+    this.#port.postMessage(message, transfer);
+    Atomics.add(this.#control, CONTROL.posted, 1);
+    Atomics.notify(this.#control, CONTROL.posted);
+  }
+
+  async close(): Promise<void> {
+    this.#alive = false;
+    this.#port.close();
+    await this.#worker.terminate();
+  }
+}
+
+/** The movers of one array: an idle one takes the next backup, a new one starts when none is idle. */
+export class DataMoverPool {
+  readonly #idle: DataMover[] = [];
+  readonly #all = new Set<DataMover>();
+
+  /** Runs `work` with a mover, kept for the next backup afterwards unless its thread died. */
+  async withMover<T>(work: (mover: DataMover) => Promise<T>): Promise<T> {
+    const mover = this.#idle.pop() ?? new DataMover();
+    this.#all.add(mover);
+    try {
+      return await work(mover);
+    } finally {
+      if (mover.reusable) this.#idle.push(mover);
+      else this.#all.delete(mover);
+    }
+  }
+
+  /** Ends every mover's thread (at array close, after the jobs have stopped). */
+  async close(): Promise<void> {
+    this.#idle.length = 0;
+    const movers = [...this.#all];
+    this.#all.clear();
+    await Promise.all(movers.map((mover) => mover.close()));
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * The data mover lays out a stream's data section on a worker thread: the stream must be byte for
+ * byte what BackupStreamWriter.writeExtent makes, for every extent size the array allows (frame
+ * headers across chunk boundaries, records longer than a chunk, a short last record, holes), and
+ * a read error, a medium error or a cancel must fail the run cleanly and leave the mover usable.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DataMover } from '../../src/backup/data-mover.js';
+import { RECORD_FIELDS } from '../../src/backup/data-mover-protocol.js';
+import { BackupStreamWriter } from '../../src/backup/format/writer.js';
+import { MemoryWriter, seededRandom, streamBytesOf, testVolume, type TestVolume } from './helpers.js';
+
+interface Disk {
+  fd: number;
+  /** source extent → byte position on the disk file, or −1 for an extent that reads as zeros */
+  positionOf: Map<number, number>;
+}
+
+let directory: string;
+let mover: DataMover;
+
+before(() => {
+  directory = fs.mkdtempSync(path.join(os.tmpdir(), 'data-mover-'));
+  mover = new DataMover();
+});
+after(async () => {
+  await mover.close();
+  fs.rmSync(directory, { recursive: true, force: true });
+});
+
+/** Writes the volume's extents to a file in a shuffled physical order; `zeroEvery` extents become holes (all zeros). */
+function diskOf(volume: TestVolume, name: string, zeroEvery = 0): { disk: Disk; expected: TestVolume } {
+  const fd = fs.openSync(path.join(directory, name), 'w+');
+  const extents = [...(volume.fields.correspondence as Float64Array)];
+  const order = extents.map((extent, index) => ({ extent, key: seededRandom(index + 11)() })).sort((a, b) => a.key - b.key);
+  const positionOf = new Map<number, number>();
+  const zeroed = new Set<number>();
+  order.forEach(({ extent }, slot) => {
+    if (zeroEvery > 0 && extent % zeroEvery === 0) {
+      positionOf.set(extent, -1);
+      zeroed.add(extent);
+      return;
+    }
+    const position = slot * volume.fields.extentBytes;
+    fs.writeSync(fd, volume.dataOf(extent), 0, undefined, position);
+    positionOf.set(extent, position);
+  });
+  const expected: TestVolume = {
+    fields: volume.fields,
+    dataOf: (extent) => (zeroed.has(extent) ? Buffer.alloc(volume.dataOf(extent).length) : volume.dataOf(extent)),
+  };
+  return { disk: { fd, positionOf }, expected };
+}
+
+function describer(volume: TestVolume, disk: Disk): (first: number, count: number, into: Float64Array) => void {
+  const table = volume.fields.correspondence as Float64Array;
+  return (first, count, into) => {
+    for (let k = 0; k < count; k++) {
+      const extent = table[first + k]!;
+      const position = disk.positionOf.get(extent)!;
+      into.set([extent, position < 0 ? -1 : disk.fd, Math.max(position, 0), volume.dataOf(extent).length], k * RECORD_FIELDS);
+    }
+  };
+}
+
+async function moveStream(volume: TestVolume, disk: Disk, medium = new MemoryWriter(), signal = new AbortController().signal): Promise<Buffer> {
+  const writer = new BackupStreamWriter(medium, volume.fields);
+  await writer.writeHeader();
+  try {
+    await mover.move({
+      writer, extentBytes: volume.fields.extentBytes, recordCount: volume.fields.correspondence.length,
+      describe: describer(volume, disk), signal, onProgress: () => undefined,
+    });
+  } catch (error) {
+    await writer.abort();
+    throw error;
+  }
+  await writer.finish();
+  return medium.bytes();
+}
+
+describe('data mover', () => {
+  const shapes = [
+    { name: '4 KiB extents, a short last one: many headers per chunk, some across chunk boundaries', extentCount: 3000, extentBytes: 4096, partialTailBytes: 1000 },
+    { name: '64 KiB extents, with holes', extentCount: 400, extentBytes: 64 * 1024, zeroEvery: 7 },
+    { name: '4 MiB extents: each record spans five chunks', extentCount: 6, extentBytes: 4 * 1024 * 1024, partialTailBytes: 12344 },
+    { name: 'no extent at all', extentCount: 50, extentBytes: 4096, mappedFraction: 0 },
+  ];
+  for (const [index, shape] of shapes.entries()) {
+    test(`the stream is byte for byte the writer's own: ${shape.name}`, async () => {
+      const volume = testVolume({ extentCount: shape.extentCount, mappedFraction: shape.mappedFraction ?? 0.6, extentBytes: shape.extentBytes, partialTailBytes: shape.partialTailBytes, seed: index + 2 });
+      const { disk, expected } = diskOf(volume, `shape-${index}`, shape.zeroEvery);
+      const moved = await moveStream(volume, disk);
+      assert.ok(moved.equals(await streamBytesOf(expected)), 'the moved stream equals the one writeExtent writes');
+    });
+  }
+
+  test('a read past the end of the disk fails the run with the reason, and the mover moves the next one', async () => {
+    const volume = testVolume({ extentCount: 300, mappedFraction: 0.5, extentBytes: 4096, seed: 21 });
+    const { disk, expected } = diskOf(volume, 'short');
+    const table = volume.fields.correspondence as Float64Array;
+    const broken: Disk = { fd: disk.fd, positionOf: new Map(disk.positionOf) };
+    broken.positionOf.set(table[100]!, 1 << 30); // beyond the file: a read returns 0 bytes
+    await assert.rejects(moveStream(volume, broken), (error: Error & { code?: string }) => error.code === 'IO_ERROR' && /short read/.test(error.message));
+    assert.ok(mover.reusable);
+    assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)));
+  });
+
+  test('a medium that fails stops the run with its error, and nothing is written after it', async () => {
+    const volume = testVolume({ extentCount: 2000, mappedFraction: 0.9, extentBytes: 4096, seed: 22 });
+    const { disk } = diskOf(volume, 'medium-fails');
+    class FailingWriter extends MemoryWriter {
+      override async write(chunk: Buffer): Promise<void> {
+        if (this.chunks.length === 2) throw new Error('medium full');
+        await super.write(chunk);
+      }
+    }
+    const medium = new FailingWriter();
+    await assert.rejects(moveStream(volume, disk, medium), /medium full/);
+    assert.equal(medium.chunks.length, 2);
+    assert.ok(mover.reusable);
+  });
+
+  test('a cancel stops the run with the signal\'s reason and leaves the mover usable', async () => {
+    const volume = testVolume({ extentCount: 20_000, mappedFraction: 0.9, extentBytes: 4096, seed: 23 }); // ~70 chunks
+    const { disk, expected } = diskOf(volume, 'cancel');
+    const controller = new AbortController();
+    class CancellingWriter extends MemoryWriter {
+      override async write(chunk: Buffer): Promise<void> {
+        await super.write(chunk);
+        if (this.chunks.length >= 3 && !controller.signal.aborted) controller.abort(new Error('cancelled by the operator'));
+      }
+    }
+    const medium = new CancellingWriter();
+    await assert.rejects(moveStream(volume, disk, medium, controller.signal), /cancelled by the operator/);
+    // At most the ring (16 chunks) was sealed ahead of the cancel.
+    assert.ok(medium.chunks.length <= 3 + 16, `the run stopped soon after the cancel (${medium.chunks.length} chunks written)`);
+    assert.ok(mover.reusable);
+    assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)));
+  });
+});
