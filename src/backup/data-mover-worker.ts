@@ -23,23 +23,19 @@ const frameHeader = Buffer.alloc(FRAME_HEADER_BYTES);
 /** Thrown out of a run when the job asked it to stop. */
 class Stopped extends Error {}
 
-let messagesSeen = 0;
-
 /**
  * The next message from the job, waiting for it (the job bumps CONTROL.posted after each post).
  * In a run, a stop request ends the wait (Stopped); between runs nothing is asked to stop.
  */
 function nextMessage(inRun: boolean): unknown {
   for (;;) {
+    // Read the counter before looking for a message: a post after the look moves it, so the wait
+    // below returns at once. (It also moves without a message, to wake a run for a stop.)
+    const posted = Atomics.load(control, CONTROL.posted);
     const received = receiveMessageOnPort(port);
-    if (received) {
-      messagesSeen++;
-      return received.message;
-    }
+    if (received) return received.message;
     if (inRun && Atomics.load(control, CONTROL.stop) === 1) throw new Stopped();
-    // A post becomes visible to receiveMessageOnPort before the counter moves; the timeout only
-    // bounds a wait that would miss a wake-up.
-    Atomics.wait(control, CONTROL.posted, messagesSeen, 1000);
+    Atomics.wait(control, CONTROL.posted, posted);
   }
 }
 
@@ -77,6 +73,9 @@ class Run {
         this.#moveRecord(batch[at]!, batch[at + 1]!, batch[at + 2]!, batch[at + 3]!);
       }
     }
+    // A stream that ends on a chunk boundary never opened the chunk after it: its log may still
+    // count an earlier lap's headers, which the job would digest with the (empty) tail.
+    if (this.#opened <= this.#sealed) headerCounts[this.#sealed % slotCount] = 0;
     result[RESULT.tailBytes] = this.#position - this.#sealed * slotBytes;
     result[RESULT.records] = this.#records;
     result[RESULT.dataBytes] = this.#dataBytes;

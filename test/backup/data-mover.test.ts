@@ -12,7 +12,8 @@ import path from 'node:path';
 import { DataMover } from '../../src/backup/data-mover.js';
 import { RECORD_FIELDS } from '../../src/backup/data-mover-protocol.js';
 import { BackupStreamWriter } from '../../src/backup/format/writer.js';
-import { MemoryWriter, seededRandom, streamBytesOf, testVolume, type TestVolume } from './helpers.js';
+import { extentData, MemoryWriter, seededRandom, streamBytesOf, testVolume, type TestVolume } from './helpers.js';
+import { BACKUP_LIMITS } from '../../src/backup/format/limits.js';
 
 interface Disk {
   fd: number;
@@ -99,6 +100,36 @@ describe('data mover', () => {
     });
   }
 
+  test('a stream whose data ends exactly on a chunk boundary (after more chunks than the ring has)', async () => {
+    // Find a volume whose data section ends on a chunk boundary: all extents mapped, the last one
+    // short by just the right amount. The header's length comes from the writer itself.
+    const chunkBytes = BACKUP_LIMITS.writeChunkBytes;
+    const extentBytes = 4096;
+    let found: TestVolume | undefined;
+    for (let extentCount = 5000; !found && extentCount < 6000; extentCount++) {
+      const probe = testVolume({ extentCount, mappedFraction: 1, extentBytes, partialTailBytes: 4, seed: 30 });
+      const headerWriter = new BackupStreamWriter(new MemoryWriter(), probe.fields);
+      await headerWriter.writeHeader();
+      const headerBytes = headerWriter.streamBytes;
+      await headerWriter.abort();
+      const withoutTail = headerBytes + extentCount * 32 + (extentCount - 1) * extentBytes;
+      const tailBytes = (chunkBytes - (withoutTail % chunkBytes)) % chunkBytes;
+      if (tailBytes < 1 || tailBytes >= extentBytes) continue;
+      const volume = testVolume({ extentCount, mappedFraction: 1, extentBytes, partialTailBytes: 4, seed: 30 });
+      const capacity = (extentCount - 1) * extentBytes + tailBytes;
+      volume.fields.sourceCapacityBytes = capacity;
+      volume.dataOf = (extent) => {
+        const length = Math.min(extentBytes, capacity - extent * extentBytes);
+        return extentData(extent, extentBytes, 30).subarray(0, length);
+      };
+      assert.equal((withoutTail + tailBytes) % chunkBytes, 0);
+      found = volume;
+    }
+    assert.ok(found, 'a volume ending on a chunk boundary exists in the range searched');
+    const { disk, expected } = diskOf(found, 'boundary');
+    assert.ok((await moveStream(found, disk)).equals(await streamBytesOf(expected)));
+  });
+
   test('a read past the end of the disk fails the run with the reason, and the mover moves the next one', async () => {
     const volume = testVolume({ extentCount: 300, mappedFraction: 0.5, extentBytes: 4096, seed: 21 });
     const { disk, expected } = diskOf(volume, 'short');
@@ -140,6 +171,12 @@ describe('data mover', () => {
     // At most the ring (16 chunks) was sealed ahead of the cancel.
     assert.ok(medium.chunks.length <= 3 + 16, `the run stopped soon after the cancel (${medium.chunks.length} chunks written)`);
     assert.ok(mover.reusable);
+    // The worker waits for the next run without spinning (a stop wakes it by moving a counter
+    // with no message: that must not leave it looping).
+    const before = process.cpuUsage();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const idle = process.cpuUsage(before);
+    assert.ok(idle.user + idle.system < 200_000, `idle CPU after a cancel: ${(idle.user + idle.system) / 1000} ms in 500 ms`);
     assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)));
   });
 });
