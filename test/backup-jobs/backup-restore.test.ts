@@ -107,6 +107,31 @@ describe('backup and restore', () => {
     assert.equal((await array.check({ repair: false })).ok, true);
   });
 
+  test('a volume rewritten, partly overwritten and trimmed while its backup streams: the backup holds the point in time', async () => {
+    // 96 MiB: the stream is 96 chunks for a ring of 16, so the mover waits for the medium while
+    // the writes below (from the last extent back, ahead of it) hand extents over to the view.
+    const size = 96 * MiB;
+    await array.volumeCreate({ name: 'busy', sizeBytes: size });
+    const pointInTime = pattern(size, 40);
+    await array.volume('busy').write(0, pointInTime, { fua: false });
+    const entry = await array.backups.create({ volume: 'busy', to: `file:${path.join(media, 'busy.tbk')}` });
+    const volume = array.volume('busy');
+    let writesWhileRunning = 0;
+    for (let extent = size / EXTENT - 1; extent >= 0; extent--) {
+      const offset = extent * EXTENT;
+      if (extent % 3 === 0) await volume.write(offset, pattern(EXTENT, 41), { fua: false });
+      else if (extent % 3 === 1) await volume.write(offset + 1000, pattern(100, 42), { fua: false });
+      else await volume.trim(offset, EXTENT, { fua: false });
+      if (array.jobs.get(entry.jobId!).state === 'running') writesWhileRunning++;
+    }
+    assert.equal((await job(entry.jobId!)).state, 'succeeded');
+    assert.ok(writesWhileRunning > 0, 'some changes landed while the backup was streaming');
+    const restore = await array.backups.restore({ source: entry.id, to: 'busy-restored', method: 'remap', create: true });
+    assert.equal((await job(restore.jobId)).state, 'succeeded');
+    assertSameBytes(await array.volume('busy-restored').read(0, size), pointInTime, 'restore of a backup taken under writes');
+    assert.equal((await array.check({ repair: false })).ok, true);
+  });
+
   test('incremental backups stream only changed extents and restore through their chain', async () => {
     await makeSource();
     const full = await fullBackup();
