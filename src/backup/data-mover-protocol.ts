@@ -55,10 +55,19 @@ export interface MoverMemory {
   headersPerSlotMax: number;
 }
 
-/** What the job posts to start a run (record batches follow, as Float64Arrays). */
+/** What the job posts to start a run (record batches follow). */
 export interface RunMessage {
   type: 'run';
+  /** Numbers the run: the worker drops batches of other runs (an earlier run's, left when it stopped). */
+  generation: number;
   /** Bytes already in slot 0 (the end of the stream header). */
   startBytes: number;
   recordCount: number;
+}
+
+/** The next records of a run, RECORD_FIELDS numbers each. */
+export interface BatchMessage {
+  type: 'batch';
+  generation: number;
+  records: Float64Array;
 }

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { FRAME_HEADER_BYTES, TAG, crc32, renderFrameHeader } from './format/layout.js';
-import { CONTROL, RECORD_FIELDS, RESULT, RUN_STATE, type MoverMemory, type RunMessage } from './data-mover-protocol.js';
+import { CONTROL, RECORD_FIELDS, RESULT, RUN_STATE, type BatchMessage, type MoverMemory, type RunMessage } from './data-mover-protocol.js';
 
 const { memory, port } = workerData as { memory: MoverMemory; port: MessagePort };
 const control = new Int32Array(memory.control);
@@ -58,14 +58,25 @@ class Run {
   #records = 0;
   #dataBytes = 0;
 
-  constructor(startBytes: number) {
-    this.#position = startBytes;
+  readonly #generation: number;
+
+  constructor(message: RunMessage) {
+    this.#generation = message.generation;
+    this.#position = message.startBytes;
     headerCounts[0] = 0;
+  }
+
+  /** The run's next batch; batches an earlier, stopped run left in the port are dropped. */
+  #nextBatch(): Float64Array {
+    for (;;) {
+      const message = nextMessage(true) as BatchMessage | RunMessage;
+      if (message.type === 'batch' && message.generation === this.#generation) return message.records;
+    }
   }
 
   move(recordCount: number): void {
     while (this.#records < recordCount) {
-      const batch = nextMessage(true) as Float64Array;
+      const batch = this.#nextBatch();
       Atomics.add(control, CONTROL.batchesTaken, 1);
       signalJob();
       for (let at = 0; at < batch.length; at += RECORD_FIELDS) {
@@ -73,9 +84,6 @@ class Run {
         this.#moveRecord(batch[at]!, batch[at + 1]!, batch[at + 2]!, batch[at + 3]!);
       }
     }
-    // A stream that ends on a chunk boundary never opened the chunk after it: its log may still
-    // count an earlier lap's headers, which the job would digest with the (empty) tail.
-    if (this.#opened <= this.#sealed) headerCounts[this.#sealed % slotCount] = 0;
     result[RESULT.tailBytes] = this.#position - this.#sealed * slotBytes;
     result[RESULT.records] = this.#records;
     result[RESULT.dataBytes] = this.#dataBytes;
@@ -153,8 +161,9 @@ function fail(error: unknown): void {
 }
 
 for (;;) {
-  const message = nextMessage(false) as RunMessage;
-  const run = new Run(message.startBytes);
+  const message = nextMessage(false) as RunMessage | BatchMessage;
+  if (message.type !== 'run') continue; // a stopped run's leftover batch
+  const run = new Run(message);
   let state: number = RUN_STATE.done;
   try {
     run.move(message.recordCount);

@@ -24,7 +24,7 @@ import { FRAME_HEADER_BYTES } from './format/layout.js';
 import { BACKUP_LIMITS } from './format/limits.js';
 import type { BackupStreamWriter } from './format/writer.js';
 import {
-  CONTROL, CONTROL_WORDS, ERROR_AREA_BYTES, RECORD_FIELDS, RESULT, RESULT_WORDS, RUN_STATE, type MoverMemory, type RunMessage,
+  CONTROL, CONTROL_WORDS, ERROR_AREA_BYTES, RECORD_FIELDS, RESULT, RESULT_WORDS, RUN_STATE, type BatchMessage, type MoverMemory, type RunMessage,
 } from './data-mover-protocol.js';
 
 /** Chunks in the ring: 16 MiB of 1 MiB chunks, room for the largest extent (4 MiB) several times over. */
@@ -32,6 +32,8 @@ const SLOT_COUNT = 16;
 /** Records per batch posted to the worker (32 bytes each); two batches are kept ahead of it. */
 const RECORDS_PER_BATCH = 8192;
 const BATCHES_AHEAD = 2;
+/** Idle movers kept (a thread and 16 MiB each); more run at once only for concurrent backups. */
+const IDLE_MOVERS_MAX = 2;
 
 export interface MoveRequest {
   writer: BackupStreamWriter;
@@ -53,12 +55,13 @@ export class DataMover {
   readonly #slots: Buffer[];
   readonly #headerLog: Buffer;
   readonly #headerCounts: Int32Array;
-  /** Rejects when the worker dies (it never exits on its own). */
-  readonly #gone: Promise<never>;
-  #alive = true;
+  /** Why the worker is gone (it never exits on its own); null while it runs. */
+  #death: ThinError | null = null;
   #busy = false;
   /** The current run reached a final state and none of its chunk writes is running. */
   #runSettled = false;
+  /** Numbers the runs, so that the worker drops what an earlier run left in its port. */
+  #generation = 0;
 
   constructor() {
     const slotBytes = BACKUP_LIMITS.writeChunkBytes;
@@ -82,27 +85,26 @@ export class DataMover {
     this.#port = port1;
     this.#worker = new Worker(new URL('./data-mover-worker.js', import.meta.url), { workerData: { memory: this.#memory, port: port2 }, transferList: [port2] });
     this.#worker.unref();
-    this.#gone = new Promise<never>((_, reject) => {
-      const die = (error: unknown): void => {
-        this.#alive = false;
-        reject(new ThinError('INTERNAL', `the backup data mover thread ended: ${error instanceof Error ? error.message : String(error)}`));
-      };
-      this.#worker.once('error', die);
-      this.#worker.once('exit', (code) => die(`exit code ${code}`));
-    });
-    this.#gone.catch(() => undefined); // observed by each run
+    const die = (cause: unknown): void => {
+      this.#death ??= new ThinError('INTERNAL', `the backup data mover thread ended: ${cause instanceof Error ? cause.message : String(cause)}`);
+      // Wakes a run waiting for the worker (Atomics.notify wakes this thread's async waiters too).
+      Atomics.add(this.#control, CONTROL.events, 1);
+      Atomics.notify(this.#control, CONTROL.events);
+    };
+    this.#worker.once('error', die);
+    this.#worker.once('exit', (code) => die(`exit code ${code}`));
   }
 
   /** Alive and not in a run: may take the next backup. */
   get reusable(): boolean {
-    return this.#alive && !this.#busy;
+    return this.#death === null && !this.#busy;
   }
 
   /**
    * Moves the whole data section of `writer`'s stream (which has written its header): every
    * record's frame goes to the medium, and the writer is left staging the tail, ready for finish().
    * Rejects (the writer is then failed) on a read or medium error, or when `signal` aborts; in
-   * every case only after the worker has stopped and no chunk write of this run is running.
+   * every case only after the worker has stopped (or died) and no chunk write of this run is running.
    */
   async move(request: MoveRequest): Promise<void> {
     assert(this.reusable, 'a data mover runs one backup at a time');
@@ -115,7 +117,7 @@ export class DataMover {
       this.#worker.unref();
       // A run that did not reach a final state (the worker died) leaves the mover unusable.
       if (this.#runSettled) this.#busy = false;
-      else void this.close();
+      else await this.close();
     }
   }
 
@@ -130,32 +132,33 @@ export class DataMover {
     for (const word of [CONTROL.sealed, CONTROL.released, CONTROL.stop, CONTROL.batchesTaken, CONTROL.errorBytes]) Atomics.store(control, word, 0);
     Atomics.store(control, CONTROL.state, RUN_STATE.running);
     stagedHead.copy(this.#slots[0]!, 0);
-    this.#post({ type: 'run', startBytes: stagedHead.length, recordCount } satisfies RunMessage);
+    const generation = ++this.#generation;
+    this.#post({ type: 'run', generation, startBytes: stagedHead.length, recordCount } satisfies RunMessage);
 
     let recordsPosted = 0;
     let batchesPosted = 0;
     const postBatches = (): void => {
       while (recordsPosted < recordCount && batchesPosted - Atomics.load(control, CONTROL.batchesTaken) < BATCHES_AHEAD) {
         const count = Math.min(RECORDS_PER_BATCH, recordCount - recordsPosted);
-        const batch = new Float64Array(count * RECORD_FIELDS);
-        describe(recordsPosted, count, batch);
-        this.#post(batch, [batch.buffer]);
+        const records = new Float64Array(count * RECORD_FIELDS);
+        describe(recordsPosted, count, records);
+        this.#post({ type: 'batch', generation, records } satisfies BatchMessage, [records.buffer]);
         recordsPosted += count;
         batchesPosted++;
       }
     };
 
+    // The first failure (medium, cancel, a throw here); the worker is then asked to stop, and
+    // nothing more is dispatched or posted.
     let failure: unknown = null;
-    const stop = (): void => {
+    const fail = (error: unknown): void => {
+      failure ??= error;
       Atomics.store(control, CONTROL.stop, 1);
       Atomics.notify(control, CONTROL.released);
       Atomics.add(control, CONTROL.posted, 1);
       Atomics.notify(control, CONTROL.posted);
     };
-    const onAbort = (): void => {
-      failure ??= signal.reason;
-      stop();
-    };
+    const onAbort = (): void => fail(signal.reason);
     signal.addEventListener('abort', onAbort);
     if (signal.aborted) onAbort();
 
@@ -170,38 +173,42 @@ export class DataMover {
     };
     const dispatch = (chunk: number): void => {
       const slot = chunk % SLOT_COUNT;
-      try {
-        const write = writer.writeExternalChunk(this.#slots[slot]!, this.#headersOf(slot)).then(() => {
-          written.add(chunk);
-          release();
-          onProgress(chunkBytes);
-        }, (error: unknown) => {
-          failure ??= error;
-          stop();
-        });
-        writes.add(write);
-        void write.then(() => writes.delete(write));
-      } catch (error) {
-        failure ??= error;
-        stop();
-      }
+      const write = writer.writeExternalChunk(this.#slots[slot]!, this.#headersOf(slot)).then(() => {
+        written.add(chunk);
+        release();
+        onProgress(chunkBytes);
+      }, fail);
+      writes.add(write);
+      void write.then(() => writes.delete(write));
     };
 
     try {
       let state: number = RUN_STATE.running;
-      while (state === RUN_STATE.running) {
+      for (;;) {
         const events = Atomics.load(control, CONTROL.events);
         state = Atomics.load(control, CONTROL.state);
-        const sealed = Atomics.load(control, CONTROL.sealed);
-        if (failure === null) {
-          while (dispatched < sealed) dispatch(dispatched++);
-          postBatches();
+        if (state !== RUN_STATE.running || this.#death) break;
+        try {
+          if (failure === null) {
+            for (const sealed = Atomics.load(control, CONTROL.sealed); dispatched < sealed;) dispatch(dispatched++);
+            postBatches();
+          }
+        } catch (error) {
+          fail(error);
         }
-        if (state !== RUN_STATE.running) break;
         const wait = Atomics.waitAsync(control, CONTROL.events, events);
-        if (wait.async) await Promise.race([wait.value, this.#gone]);
+        if (wait.async) await wait.value;
+      }
+      // Dispatch what the worker sealed last (a run that ended done has every chunk sealed).
+      if (state === RUN_STATE.done && failure === null) {
+        try {
+          for (const sealed = Atomics.load(control, CONTROL.sealed); dispatched < sealed;) dispatch(dispatched++);
+        } catch (error) {
+          fail(error);
+        }
       }
       await Promise.all(writes);
+      if (this.#death) throw this.#death;
       this.#runSettled = true;
       if (state === RUN_STATE.failed) {
         const text = Buffer.from(this.#memory.error).subarray(0, Atomics.load(control, CONTROL.errorBytes)).toString('utf8');
@@ -210,8 +217,11 @@ export class DataMover {
       if (failure !== null) throw failure;
       assert(state === RUN_STATE.done, 'the worker ends a run done, failed or stopped');
       const result = new Float64Array(this.#memory.result);
+      const tailBytes = result[RESULT.tailBytes]!;
       const tailSlot = Atomics.load(control, CONTROL.sealed) % SLOT_COUNT;
-      writer.endExternalData(this.#slots[tailSlot]!.subarray(0, result[RESULT.tailBytes]!), this.#headersOf(tailSlot), result[RESULT.records]!, result[RESULT.dataBytes]!);
+      // An empty tail holds no frame header; its slot's log may still be an earlier chunk's.
+      const tailHeaders = tailBytes === 0 ? Buffer.alloc(0) : this.#headersOf(tailSlot);
+      writer.endExternalData(this.#slots[tailSlot]!.subarray(0, tailBytes), tailHeaders, result[RESULT.records]!, result[RESULT.dataBytes]!);
     } finally {
       signal.removeEventListener('abort', onAbort);
     }
@@ -230,7 +240,7 @@ export class DataMover {
   }
 
   async close(): Promise<void> {
-    this.#alive = false;
+    this.#death ??= new ThinError('INTERNAL', 'the backup data mover was closed');
     this.#port.close();
     await this.#worker.terminate();
   }
@@ -243,13 +253,22 @@ export class DataMoverPool {
 
   /** Runs `work` with a mover, kept for the next backup afterwards unless its thread died. */
   async withMover<T>(work: (mover: DataMover) => Promise<T>): Promise<T> {
-    const mover = this.#idle.pop() ?? new DataMover();
+    let mover = this.#idle.pop();
+    while (mover && !mover.reusable) {
+      this.#all.delete(mover); // its thread died while idle
+      mover = this.#idle.pop();
+    }
+    mover ??= new DataMover();
     this.#all.add(mover);
     try {
       return await work(mover);
     } finally {
-      if (mover.reusable) this.#idle.push(mover);
-      else this.#all.delete(mover);
+      if (mover.reusable && this.#idle.length < IDLE_MOVERS_MAX) {
+        this.#idle.push(mover);
+      } else {
+        this.#all.delete(mover);
+        if (mover.reusable) await mover.close(); // beyond what concurrent backups usually need
+      }
     }
   }
 

@@ -68,13 +68,22 @@ function describer(volume: TestVolume, disk: Disk): (first: number, count: numbe
   };
 }
 
-async function moveStream(volume: TestVolume, disk: Disk, medium = new MemoryWriter(), signal = new AbortController().signal): Promise<Buffer> {
+interface MoveOptions {
+  medium?: MemoryWriter;
+  signal?: AbortSignal;
+  onProgress?: (bytes: number) => void;
+  describe?: (first: number, count: number, into: Float64Array) => void;
+  using?: DataMover;
+}
+
+async function moveStream(volume: TestVolume, disk: Disk, options: MoveOptions = {}): Promise<Buffer> {
+  const medium = options.medium ?? new MemoryWriter();
   const writer = new BackupStreamWriter(medium, volume.fields);
   await writer.writeHeader();
   try {
-    await mover.move({
+    await (options.using ?? mover).move({
       writer, extentBytes: volume.fields.extentBytes, recordCount: volume.fields.correspondence.length,
-      describe: describer(volume, disk), signal, onProgress: () => undefined,
+      describe: options.describe ?? describer(volume, disk), signal: options.signal ?? new AbortController().signal, onProgress: options.onProgress ?? (() => undefined),
     });
   } catch (error) {
     await writer.abort();
@@ -128,32 +137,77 @@ describe('data mover', () => {
     assert.ok(found, 'a volume ending on a chunk boundary exists in the range searched');
     const { disk, expected } = diskOf(found, 'boundary');
     assert.ok((await moveStream(found, disk)).equals(await streamBytesOf(expected)));
+    // Again with this thread stalled early (as a busy event loop would): the worker then seals the
+    // chunks ahead and ends the run before the job has handed the last laps' chunks on.
+    let chunksSeen = 0;
+    const stall = (): void => {
+      if (++chunksSeen !== 2) return;
+      const until = Date.now() + 300;
+      while (Date.now() < until); // busy on purpose: a blocked event loop
+    };
+    assert.ok((await moveStream(found, disk, { onProgress: stall })).equals(await streamBytesOf(expected)), 'the same stream with the event loop stalled');
   });
 
   test('a read past the end of the disk fails the run with the reason, and the mover moves the next one', async () => {
-    const volume = testVolume({ extentCount: 300, mappedFraction: 0.5, extentBytes: 4096, seed: 21 });
+    // 15,000 records: the failure comes in the first batch of 8,192 while the next waits in the
+    // worker's port; the next run, started at once, must not take that batch for its own.
+    const volume = testVolume({ extentCount: 30_000, mappedFraction: 0.5, extentBytes: 4096, seed: 21 });
     const { disk, expected } = diskOf(volume, 'short');
     const table = volume.fields.correspondence as Float64Array;
+    assert.ok(table.length > 2 * 8192 * 0.9);
     const broken: Disk = { fd: disk.fd, positionOf: new Map(disk.positionOf) };
     broken.positionOf.set(table[100]!, 1 << 30); // beyond the file: a read returns 0 bytes
     await assert.rejects(moveStream(volume, broken), (error: Error & { code?: string }) => error.code === 'IO_ERROR' && /short read/.test(error.message));
     assert.ok(mover.reusable);
     assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)));
+    assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)), 'and the run after it');
   });
 
   test('a medium that fails stops the run with its error, and nothing is written after it', async () => {
-    const volume = testVolume({ extentCount: 2000, mappedFraction: 0.9, extentBytes: 4096, seed: 22 });
-    const { disk } = diskOf(volume, 'medium-fails');
+    const volume = testVolume({ extentCount: 20_000, mappedFraction: 0.9, extentBytes: 4096, seed: 22 }); // ~70 chunks
+    const { disk, expected } = diskOf(volume, 'medium-fails');
     class FailingWriter extends MemoryWriter {
+      attempts = 0;
       override async write(chunk: Buffer): Promise<void> {
-        if (this.chunks.length === 2) throw new Error('medium full');
+        this.attempts++;
+        if (this.chunks.length >= 2) throw new Error('medium full');
         await super.write(chunk);
       }
     }
     const medium = new FailingWriter();
-    await assert.rejects(moveStream(volume, disk, medium), /medium full/);
+    await assert.rejects(moveStream(volume, disk, { medium }), /medium full/);
     assert.equal(medium.chunks.length, 2);
+    // What was sealed before the failure was seen may have been handed over; nothing after.
+    assert.ok(medium.attempts <= 2 + 16 + 1, `${medium.attempts} writes were tried`);
     assert.ok(mover.reusable);
+    assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)), 'the run after it');
+  });
+
+  test('a failure while describing records stops the worker before the run rejects', async () => {
+    const volume = testVolume({ extentCount: 40_000, mappedFraction: 0.9, extentBytes: 4096, seed: 24 }); // 36,000 records: 5 batches
+    const { disk, expected } = diskOf(volume, 'describe-fails');
+    const good = describer(volume, disk);
+    const describe = (first: number, count: number, into: Float64Array): void => {
+      if (first >= 2 * 8192) throw new Error('no location for this extent');
+      good(first, count, into);
+    };
+    await assert.rejects(moveStream(volume, disk, { describe }), /no location for this extent/);
+    assert.ok(mover.reusable, 'the worker stopped (a final state), so the mover takes the next run');
+    assert.ok((await moveStream(volume, disk)).equals(await streamBytesOf(expected)));
+  });
+
+  test('a worker that dies mid-run fails the run, and that mover is not reused', async () => {
+    const volume = testVolume({ extentCount: 20_000, mappedFraction: 0.9, extentBytes: 4096, seed: 25 });
+    const { disk } = diskOf(volume, 'dies');
+    const doomed = new DataMover();
+    let killed = false;
+    const onProgress = (): void => {
+      if (killed) return;
+      killed = true;
+      void doomed.close(); // terminates the thread under the run
+    };
+    await assert.rejects(moveStream(volume, disk, { using: doomed, onProgress }), /data mover/);
+    assert.equal(doomed.reusable, false);
   });
 
   test('a cancel stops the run with the signal\'s reason and leaves the mover usable', async () => {
@@ -167,7 +221,7 @@ describe('data mover', () => {
       }
     }
     const medium = new CancellingWriter();
-    await assert.rejects(moveStream(volume, disk, medium, controller.signal), /cancelled by the operator/);
+    await assert.rejects(moveStream(volume, disk, { medium, signal: controller.signal }), /cancelled by the operator/);
     // At most the ring (16 chunks) was sealed ahead of the cancel.
     assert.ok(medium.chunks.length <= 3 + 16, `the run stopped soon after the cancel (${medium.chunks.length} chunks written)`);
     assert.ok(mover.reusable);
