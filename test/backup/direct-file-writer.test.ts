@@ -105,6 +105,26 @@ describe('DirectFileWriter', () => {
     assert.equal(writer.directBytes, 0);
   });
 
+  test('one write at a time on a memory filesystem (tmpfs), two elsewhere; the file is exact either way', async () => {
+    const shm = fs.mkdtempSync('/dev/shm/thinarray-direct-');
+    try {
+      const chunks = alignedRandom(12, 1024 * KiB);
+      const writer = await DirectFileWriter.open(path.join(shm, 'in-memory.tbk'), 'file:in-memory.tbk', true);
+      assert.equal(writer.writesInFlightMax, 1);
+      await Promise.all(chunks.map((chunk) => writer.write(chunk)));
+      await writer.close();
+      assert.ok(fs.readFileSync(path.join(shm, 'in-memory.tbk')).equals(Buffer.concat(chunks)));
+    } finally {
+      fs.rmSync(shm, { recursive: true, force: true });
+    }
+    const memoryTypes = [0x01021994, 0x858458f6];
+    if (!memoryTypes.includes(fs.statfsSync(tmp).type)) {
+      const onDisk = await openNew('on-disk.tbk');
+      assert.equal(onDisk.writesInFlightMax, 2);
+      await onDisk.close();
+    }
+  });
+
   test('create refuses an existing file; otherwise the file is truncated first', async () => {
     const file = path.join(tmp, 'd.tbk');
     fs.writeFileSync(file, Buffer.alloc(300 * KiB, 7));

@@ -12,7 +12,11 @@
  *   (src/lib/aligned-buffers.ts) they go to the device as they are, with no copy into the cache.
  * - Chunks waiting their turn are gathered into one pwritev of up to directWriteBytesMax, and
  *   directWritesInFlightMax of those run at once, each at its own offset (in one run of 5
- *   alternating repetitions: 1 GiB in 0.75 s that way, 0.98 s one 1 MiB write at a time). So when
+ *   alternating repetitions: 1 GiB in 0.75 s that way, 0.98 s one 1 MiB write at a time; ext4,
+ *   the data mover's backups, paired over 8: one 4 MiB write at a time took 1.10× as long).
+ *   On a memory filesystem (tmpfs, ramfs) one write runs at a time: there is no device to keep
+ *   busy, and a second write to the file only waits for the first on the inode's lock, spinning
+ *   (tmpfs, paired over 14 full backups: 0.93× the time and ~100 ms less CPU per GiB). So when
  *   a write fails, or the daemon dies, a later chunk may be on the file after an earlier one
  *   that is not: a reader then reports the damage at the hole (a bad frame), not a truncation.
  *
@@ -63,10 +67,13 @@ export class DirectFileWriter implements MediumWriter {
    * but they commit the new extents' metadata as the file grows, so the one at close is short.
    */
   readonly #writeBehind: WriteBehind;
+  /** directWritesInFlightMax, or 1 on a memory filesystem (see above). */
+  readonly #writesInFlightMax: number;
 
-  private constructor(bufferedFd: number, directFd: number | null, description: string) {
+  private constructor(bufferedFd: number, directFd: number | null, writesInFlightMax: number, description: string) {
     this.#bufferedFd = bufferedFd;
     this.#directFd = directFd;
+    this.#writesInFlightMax = writesInFlightMax;
     this.#directAllowed = directFd !== null;
     this.description = description;
     this.#writeBehind = fileMediumWriteBehind(bufferedFd, description, (error) => (this.#error ??= error));
@@ -84,19 +91,25 @@ export class DirectFileWriter implements MediumWriter {
     } catch (error) {
       throw mediumError(error, description, 'open');
     }
-    let directFd: number | null = null;
-    if (options.directIo !== false) {
+    const reopenDirect = async (): Promise<number | null> => {
+      if (options.directIo === false) return null;
       try {
-        directFd = await openFile(`/proc/self/fd/${bufferedFd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+        return await openFile(`/proc/self/fd/${bufferedFd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
       } catch {
-        directFd = null; // EINVAL: this filesystem does not do O_DIRECT (or there is no /proc): the page cache it is
+        return null; // EINVAL: this filesystem does not do O_DIRECT (or there is no /proc): the page cache it is
       }
-    }
-    return new DirectFileWriter(bufferedFd, directFd, description);
+    };
+    const [directFd, writesInFlightMax] = await Promise.all([reopenDirect(), writesInFlightFor(bufferedFd)]);
+    return new DirectFileWriter(bufferedFd, directFd, writesInFlightMax, description);
   }
 
   get bytesWritten(): number {
     return this.#bytesWritten;
+  }
+
+  /** Writes run at once at most: 1 on a memory filesystem, directWritesInFlightMax elsewhere. */
+  get writesInFlightMax(): number {
+    return this.#writesInFlightMax;
   }
 
   /** Bytes that went to the file with O_DIRECT (the rest went through the page cache). */
@@ -148,7 +161,7 @@ export class DirectFileWriter implements MediumWriter {
   #pump(): void {
     while (this.#waiting.length > 0 && !this.#runningBuffered && !this.#error) {
       if (this.#canGoDirect(this.#waiting[0]!)) {
-        if (this.#running >= BACKUP_LIMITS.directWritesInFlightMax) return;
+        if (this.#running >= this.#writesInFlightMax) return;
         this.#start(this.#gatherDirect(), true);
       } else {
         if (this.#running > 0) return;
@@ -249,4 +262,13 @@ function writevAt(fd: number, buffers: Buffer[], position: number): Promise<numb
       else resolve(written);
     });
   });
+}
+
+/** statfs f_type of filesystems that keep files in memory: tmpfs (and shmem), ramfs. */
+const MEMORY_FILESYSTEM_TYPES = new Set([0x01021994, 0x858458f6]);
+
+/** Writes at once for the file open on `fd`: one on a memory filesystem, directWritesInFlightMax otherwise. */
+async function writesInFlightFor(fd: number): Promise<number> {
+  const stats = await fs.promises.statfs(`/proc/self/fd/${fd}`).catch(() => undefined);
+  return stats && MEMORY_FILESYSTEM_TYPES.has(stats.type) ? 1 : BACKUP_LIMITS.directWritesInFlightMax;
 }
