@@ -92,6 +92,8 @@ export class BackupManager {
   readonly #logger: Logger;
   /** Worker threads that move backups' data (src/backup/data-mover.ts). */
   readonly #movers = new DataMoverPool();
+  /** A mover is started a little after the array opens, so that the first backup finds one ready. */
+  readonly #moverPrestart = setTimeout(() => this.#movers.prestart(), MOVER_PRESTART_DELAY_MS).unref();
   readonly #mediaRoots: string[];
   readonly catalog: BackupCatalog;
   /** `-` media the API attached, until their job opens them: backup id → the CLI's stdout; restore attachment → its stdin. */
@@ -148,6 +150,7 @@ export class BackupManager {
 
   /** At array close, once no job runs: ends the data movers' threads. */
   async close(): Promise<void> {
+    clearTimeout(this.#moverPrestart);
     await this.#movers.close();
   }
 
@@ -1017,6 +1020,9 @@ export class BackupManager {
     return openMediumReader(medium, { roots: this.#mediaRoots, signal, ...(backupId === undefined ? {} : { backupId }) });
   }
 }
+
+/** After the array opens; an array open for less (most tests) never starts a mover it does not use. */
+const MOVER_PRESTART_DELAY_MS = 2000;
 
 /** Estimates for candidates: the stream's header and per-record framing (docs/format.md). */
 const BACKUP_OVERHEAD_BYTES = 64 * 1024;

@@ -250,6 +250,7 @@ export class DataMover {
 export class DataMoverPool {
   readonly #idle: DataMover[] = [];
   readonly #all = new Set<DataMover>();
+  #closed = false;
 
   /** Runs `work` with a mover, kept for the next backup afterwards unless its thread died. */
   async withMover<T>(work: (mover: DataMover) => Promise<T>): Promise<T> {
@@ -272,8 +273,17 @@ export class DataMoverPool {
     }
   }
 
+  /** Starts a mover ahead of the first backup (a worker takes ~80 ms to start: the first backup after a daemon start waited 83 ms for it). */
+  prestart(): void {
+    if (this.#all.size > 0 || this.#closed) return;
+    const mover = new DataMover();
+    this.#all.add(mover);
+    this.#idle.push(mover);
+  }
+
   /** Ends every mover's thread (at array close, after the jobs have stopped). */
   async close(): Promise<void> {
+    this.#closed = true;
     this.#idle.length = 0;
     const movers = [...this.#all];
     this.#all.clear();
