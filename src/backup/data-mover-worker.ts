@@ -44,9 +44,10 @@ function signalJob(): void {
   Atomics.notify(control, CONTROL.events);
 }
 
+const slots = Array.from({ length: slotCount }, (_, index) => ring.subarray(index * slotBytes, (index + 1) * slotBytes));
+
 function slotOf(chunk: number): Buffer {
-  const index = chunk % slotCount;
-  return ring.subarray(index * slotBytes, (index + 1) * slotBytes);
+  return slots[chunk % slotCount]!;
 }
 
 /** Runs one backup's data section; the stream offset `position` counts from the start of slot 0. */
@@ -129,7 +130,7 @@ class Run {
         const released = Atomics.load(control, CONTROL.released);
         if (this.#opened - released < slotCount) break;
         if (Atomics.load(control, CONTROL.stop) === 1) throw new Stopped();
-        Atomics.wait(control, CONTROL.released, released, 1000);
+        Atomics.wait(control, CONTROL.released, released);
       }
       headerCounts[this.#opened % slotCount] = 0;
       this.#opened++;

@@ -121,100 +121,37 @@ export class DataMover {
     }
   }
 
-  async #move({ writer, extentBytes, recordCount, describe, signal, onProgress }: MoveRequest): Promise<void> {
-    const control = this.#control;
+  async #move(request: MoveRequest): Promise<void> {
+    const { writer, extentBytes, signal } = request;
     // The header logs are sized for the smallest extent; the worker needs every chunk a record
     // touches free at once, with room to spare so that it runs ahead of the medium.
     assert(extentBytes >= LIMITS.extentBytesMin, 'the data mover handles extents of at least extentBytesMin');
     assert(Math.ceil((extentBytes + FRAME_HEADER_BYTES) / this.#memory.slotBytes) + 1 <= SLOT_COUNT / 2, 'a record spans at most half the ring');
     const { chunkBytes, stagedHead } = writer.beginExternalData();
     assert(chunkBytes === this.#memory.slotBytes, 'the writer stages chunks of the ring slot size');
+    const control = this.#control;
     for (const word of [CONTROL.sealed, CONTROL.released, CONTROL.stop, CONTROL.batchesTaken, CONTROL.errorBytes]) Atomics.store(control, word, 0);
     Atomics.store(control, CONTROL.state, RUN_STATE.running);
     stagedHead.copy(this.#slots[0]!, 0);
     const generation = ++this.#generation;
-    this.#post({ type: 'run', generation, startBytes: stagedHead.length, recordCount } satisfies RunMessage);
+    this.#post({ type: 'run', generation, startBytes: stagedHead.length, recordCount: request.recordCount } satisfies RunMessage);
 
-    let recordsPosted = 0;
-    let batchesPosted = 0;
-    const postBatches = (): void => {
-      while (recordsPosted < recordCount && batchesPosted - Atomics.load(control, CONTROL.batchesTaken) < BATCHES_AHEAD) {
-        const count = Math.min(RECORDS_PER_BATCH, recordCount - recordsPosted);
-        const records = new Float64Array(count * RECORD_FIELDS);
-        describe(recordsPosted, count, records);
-        this.#post({ type: 'batch', generation, records } satisfies BatchMessage, [records.buffer]);
-        recordsPosted += count;
-        batchesPosted++;
-      }
-    };
-
-    // The first failure (medium, cancel, a throw here); the worker is then asked to stop, and
-    // nothing more is dispatched or posted.
-    let failure: unknown = null;
-    const fail = (error: unknown): void => {
-      failure ??= error;
-      Atomics.store(control, CONTROL.stop, 1);
-      Atomics.notify(control, CONTROL.released);
-      Atomics.add(control, CONTROL.posted, 1);
-      Atomics.notify(control, CONTROL.posted);
-    };
-    const onAbort = (): void => fail(signal.reason);
+    const run = new RunDriver(request, generation, {
+      control, slots: this.#slots, headersOf: (slot) => this.#headersOf(slot), post: (message, transfer) => this.#post(message, transfer),
+    });
+    const onAbort = (): void => run.fail(signal.reason);
     signal.addEventListener('abort', onAbort);
     if (signal.aborted) onAbort();
-
-    const writes = new Set<Promise<void>>();
-    const written = new Set<number>();
-    let dispatched = 0;
-    let released = 0;
-    const release = (): void => {
-      while (written.delete(released)) released++;
-      Atomics.store(control, CONTROL.released, released);
-      Atomics.notify(control, CONTROL.released);
-    };
-    const dispatch = (chunk: number): void => {
-      const slot = chunk % SLOT_COUNT;
-      const write = writer.writeExternalChunk(this.#slots[slot]!, this.#headersOf(slot)).then(() => {
-        written.add(chunk);
-        release();
-        onProgress(chunkBytes);
-      }, fail);
-      writes.add(write);
-      void write.then(() => writes.delete(write));
-    };
-
     try {
-      let state: number = RUN_STATE.running;
-      for (;;) {
-        const events = Atomics.load(control, CONTROL.events);
-        state = Atomics.load(control, CONTROL.state);
-        if (state !== RUN_STATE.running || this.#death) break;
-        try {
-          if (failure === null) {
-            for (const sealed = Atomics.load(control, CONTROL.sealed); dispatched < sealed;) dispatch(dispatched++);
-            postBatches();
-          }
-        } catch (error) {
-          fail(error);
-        }
-        const wait = Atomics.waitAsync(control, CONTROL.events, events);
-        if (wait.async) await wait.value;
-      }
-      // Dispatch what the worker sealed last (a run that ended done has every chunk sealed).
-      if (state === RUN_STATE.done && failure === null) {
-        try {
-          for (const sealed = Atomics.load(control, CONTROL.sealed); dispatched < sealed;) dispatch(dispatched++);
-        } catch (error) {
-          fail(error);
-        }
-      }
-      await Promise.all(writes);
+      const state = await run.untilWorkerEnds(() => this.#death !== null);
+      await run.writesSettled();
       if (this.#death) throw this.#death;
       this.#runSettled = true;
       if (state === RUN_STATE.failed) {
         const text = Buffer.from(this.#memory.error).subarray(0, Atomics.load(control, CONTROL.errorBytes)).toString('utf8');
         throw new ThinError('IO_ERROR', `backup read: ${text}`);
       }
-      if (failure !== null) throw failure;
+      run.throwIfFailed();
       assert(state === RUN_STATE.done, 'the worker ends a run done, failed or stopped');
       const result = new Float64Array(this.#memory.result);
       const tailBytes = result[RESULT.tailBytes]!;
@@ -243,6 +180,114 @@ export class DataMover {
     this.#death ??= new ThinError('INTERNAL', 'the backup data mover was closed');
     this.#port.close();
     await this.#worker.terminate();
+  }
+}
+
+/** What a RunDriver uses of its mover. */
+interface MoverAccess {
+  control: Int32Array;
+  slots: readonly Buffer[];
+  headersOf(slot: number): Buffer;
+  post(message: unknown, transfer?: ArrayBuffer[]): void;
+}
+
+/**
+ * One run, from this thread's side: keeps BATCHES_AHEAD record batches posted ahead of the worker,
+ * hands each chunk the worker seals to the stream writer, and frees slots, in order, as the medium
+ * takes their chunks. The first failure (medium, cancel, a throw while describing) asks the worker
+ * to stop; nothing more is dispatched or posted after it.
+ */
+class RunDriver {
+  readonly #request: MoveRequest;
+  readonly #generation: number;
+  readonly #mover: MoverAccess;
+  #failure: unknown = null;
+  #recordsPosted = 0;
+  #batchesPosted = 0;
+  /** Chunks handed to the writer, and chunks released to the worker (a prefix of those written). */
+  #dispatched = 0;
+  #released = 0;
+  /** Chunks the medium has, beyond the released prefix. */
+  readonly #written = new Set<number>();
+  readonly #writes = new Set<Promise<void>>();
+
+  constructor(request: MoveRequest, generation: number, mover: MoverAccess) {
+    this.#request = request;
+    this.#generation = generation;
+    this.#mover = mover;
+  }
+
+  fail(error: unknown): void {
+    this.#failure ??= error;
+    const { control } = this.#mover;
+    Atomics.store(control, CONTROL.stop, 1);
+    Atomics.notify(control, CONTROL.released); // a worker waiting for a slot
+    Atomics.add(control, CONTROL.posted, 1); // a worker waiting for a batch
+    Atomics.notify(control, CONTROL.posted);
+  }
+
+  throwIfFailed(): void {
+    if (this.#failure !== null) throw this.#failure;
+  }
+
+  /** Serves the worker until its run reaches a final state (or `gone()`); returns that state. */
+  async untilWorkerEnds(gone: () => boolean): Promise<number> {
+    const { control } = this.#mover;
+    for (;;) {
+      const events = Atomics.load(control, CONTROL.events);
+      const state = Atomics.load(control, CONTROL.state);
+      if (gone()) return state;
+      // A run that ended done has sealed every chunk: the last ones are dispatched here too.
+      if (state === RUN_STATE.running || state === RUN_STATE.done) this.#serve(state === RUN_STATE.running);
+      if (state !== RUN_STATE.running) return state;
+      const wait = Atomics.waitAsync(control, CONTROL.events, events);
+      if (wait.async) await wait.value;
+    }
+  }
+
+  /** Every chunk write of this run has ended (the ring may then be reused). */
+  async writesSettled(): Promise<void> {
+    await Promise.all(this.#writes);
+  }
+
+  #serve(postMore: boolean): void {
+    if (this.#failure !== null) return;
+    try {
+      for (const sealed = Atomics.load(this.#mover.control, CONTROL.sealed); this.#dispatched < sealed;) this.#dispatch(this.#dispatched++);
+      if (postMore) this.#postBatches();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  #postBatches(): void {
+    const { recordCount, describe } = this.#request;
+    while (this.#recordsPosted < recordCount && this.#batchesPosted - Atomics.load(this.#mover.control, CONTROL.batchesTaken) < BATCHES_AHEAD) {
+      const count = Math.min(RECORDS_PER_BATCH, recordCount - this.#recordsPosted);
+      const records = new Float64Array(count * RECORD_FIELDS);
+      describe(this.#recordsPosted, count, records);
+      this.#mover.post({ type: 'batch', generation: this.#generation, records } satisfies BatchMessage, [records.buffer]);
+      this.#recordsPosted += count;
+      this.#batchesPosted++;
+    }
+  }
+
+  #dispatch(chunk: number): void {
+    const slot = chunk % SLOT_COUNT;
+    const write = this.#request.writer.writeExternalChunk(this.#mover.slots[slot]!, this.#mover.headersOf(slot)).then(() => {
+      this.#written.add(chunk);
+      this.#release();
+      this.#request.onProgress(this.#mover.slots[slot]!.length);
+    }, (error: unknown) => this.fail(error));
+    this.#writes.add(write);
+    void write.then(() => this.#writes.delete(write));
+  }
+
+  /** Frees the slots of the written prefix: the worker reuses slots in order. */
+  #release(): void {
+    while (this.#written.delete(this.#released)) this.#released++;
+    Atomics.store(this.#mover.control, CONTROL.released, this.#released);
+    Atomics.notify(this.#mover.control, CONTROL.released);
   }
 }
 
