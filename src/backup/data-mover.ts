@@ -302,6 +302,7 @@ export class DataMoverPool {
 
   /** Runs `work` with a mover, kept for the next backup afterwards unless its thread died. */
   async withMover<T>(work: (mover: DataMover) => Promise<T>): Promise<T> {
+    if (this.#closed) throw new ThinError('BUSY', 'the array is closing: no backup can start now');
     let mover = this.#idle.pop();
     while (mover && !mover.reusable) {
       this.#all.delete(mover); // its thread died while idle

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DataMover } from '../../src/backup/data-mover.js';
+import { DataMover, DataMoverPool } from '../../src/backup/data-mover.js';
 import { RECORD_FIELDS } from '../../src/backup/data-mover-protocol.js';
 import { BackupStreamWriter } from '../../src/backup/format/writer.js';
 import { extentData, MemoryWriter, seededRandom, streamBytesOf, testVolume, type TestVolume } from './helpers.js';
@@ -208,6 +208,21 @@ describe('data mover', () => {
     };
     await assert.rejects(moveStream(volume, disk, { using: doomed, onProgress }), /data mover/);
     assert.equal(doomed.reusable, false);
+  });
+
+  test('a pool keeps its mover between backups, and refuses a backup once closed', async () => {
+    const pool = new DataMoverPool();
+    pool.prestart();
+    let first: DataMover | undefined;
+    await pool.withMover(async (one) => {
+      first = one;
+    });
+    await pool.withMover(async (again) => {
+      assert.equal(again, first, 'the idle mover is reused');
+    });
+    await pool.close();
+    assert.equal(first!.reusable, false, 'closing ends the mover');
+    await assert.rejects(pool.withMover(async () => undefined), (error: Error & { code?: string }) => error.code === 'BUSY');
   });
 
   test('a cancel stops the run with the signal\'s reason and leaves the mover usable', async () => {
