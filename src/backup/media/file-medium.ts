@@ -6,7 +6,7 @@
  * SequentialFileWriter also writes dir: cartridges (plain files, through the cache).
  */
 import fs from 'node:fs';
-import { ThinError } from '../../lib/errors.js';
+import { ThinError, isThinError } from '../../lib/errors.js';
 import type { WriteBehind } from '../../lib/write-behind.js';
 import { BACKUP_LIMITS } from '../format/limits.js';
 import { DirectFileWriter } from './direct-file-writer.js';
@@ -87,6 +87,15 @@ export async function statMediumPath(filePath: string, description: string): Pro
  */
 export async function openFileWriter(filePath: string, options: { overwrite?: boolean; signal?: AbortSignal } = {}): Promise<MediumWriter> {
   const description = `file:${filePath}`;
+  if (!options.overwrite) {
+    // The usual case, a new file: create it at once (O_EXCL), and look at what is there only when
+    // something is (a FIFO, a tape, or a file to refuse) — one round trip fewer per backup.
+    try {
+      return await DirectFileWriter.open(filePath, description, true);
+    } catch (error) {
+      if (!isThinError(error) || error.code !== 'ALREADY_EXISTS') throw error;
+    }
+  }
   const kind = await statMediumPath(filePath, description);
   if (kind === 'file' && !options.overwrite) throw new ThinError('ALREADY_EXISTS', `${description} already exists (refusing to overwrite what may be another backup)`, { field: 'medium' });
   // A new file is created with O_EXCL, failing if one appeared meanwhile (O_EXCL also refuses a symlink planted there).

@@ -15,8 +15,8 @@ import { ThinError } from '../../lib/errors.js';
 export async function resolveUnderRoots(targetPath: string, roots: readonly string[]): Promise<string> {
   if (roots.length === 0) throw new ThinError('INVALID_ARGUMENT', 'no media root is configured: start the daemon with --media-root DIR', { field: 'medium' });
   const absolute = path.resolve(targetPath);
-  const real = await realPathAllowingMissing(absolute);
-  const realRoots = await Promise.all(roots.map((root) => realPathAllowingMissing(path.resolve(root))));
+  // Together: each is a thread-pool round trip or more, and a backup starts with this.
+  const [real, ...realRoots] = await Promise.all([absolute, ...roots.map((root) => path.resolve(root))].map(realPathAllowingMissing));
   if (realRoots.some((root) => isInside(real, root))) return real;
   const through = real === absolute ? '' : ` (it resolves to ${real}: a symbolic link leads out)`;
   throw new ThinError('INVALID_ARGUMENT', `medium path ${targetPath} is outside the media roots (${roots.join(', ')})${through}; the daemon only uses media under its --media-root directories`, { field: 'medium' });
