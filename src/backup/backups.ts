@@ -1092,10 +1092,10 @@ async function requireFreshDestination(medium: Medium): Promise<void> {
   if (!stats?.isDirectory()) {
     throw new ThinError('NOT_FOUND', `to: ${formatMedium(medium)}: ${directory} ${stats ? 'is not a directory' : 'does not exist'}${medium.kind === 'dir' ? ' (a dir: medium is an existing directory for the cartridges)' : ''}`, { field: 'to' });
   }
-  if (medium.kind === 'file' && (await fs.promises.lstat(medium.path).catch(() => undefined))?.isFile()) {
+  // One look at the path (its real path: no symbolic link is left in it) for both refusals.
+  if (medium.kind === 'file' && (await requireFreeEnd(medium.path, 'write', `to: ${formatMedium(medium)}`, 'to')) === 'file') {
     throw new ThinError('ALREADY_EXISTS', `to: ${formatMedium(medium)} already exists (refusing to overwrite what may be another backup)`, { field: 'to' });
   }
-  if (medium.kind === 'file') await requireFreeEnd(medium.path, 'write', `to: ${formatMedium(medium)}`, 'to');
 }
 
 /**
@@ -1116,8 +1116,8 @@ function backupMethodOf(via: string | undefined): 'compact' {
 /** A medium to read must exist, and a FIFO or tape be free of other jobs' reads: say so before a job is started for it. */
 async function requireReadable(medium: Medium): Promise<void> {
   if (medium.kind === 'stdio' || medium.kind === 'volume') return;
-  if (!fs.existsSync(medium.path)) throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
-  if (medium.kind === 'file') await requireFreeEnd(medium.path, 'read', `source: ${formatMedium(medium)}`, 'source');
+  const exists = medium.kind === 'file' ? (await requireFreeEnd(medium.path, 'read', `source: ${formatMedium(medium)}`, 'source')) !== null : fs.existsSync(medium.path);
+  if (!exists) throw new ThinError('NOT_FOUND', `source: ${formatMedium(medium)} does not exist`, { field: 'source' });
 }
 
 function viewName(backupId: string): string {

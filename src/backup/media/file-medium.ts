@@ -12,7 +12,7 @@ import { BACKUP_LIMITS } from '../format/limits.js';
 import { DirectFileWriter } from './direct-file-writer.js';
 import { fileMediumWriteBehind, mediumError, type MediumReader, type MediumWriter } from './medium.js';
 
-type FileKind = 'file' | 'fifo' | 'char-device';
+export type FileKind = 'file' | 'fifo' | 'char-device';
 
 // ---- one job per FIFO end or tape ------------------------------------------------------------
 
@@ -58,11 +58,12 @@ function claimEnd(filePath: string, kind: FileKind, side: Side, description: str
 /**
  * Throws BUSY when a job of this process holds that end of the FIFO or tape at `filePath` (nothing
  * when it is anything else, or nothing): for a request to be refused before it records anything.
+ * Returns what is at `filePath` (statMediumPath), so that the caller need not look again.
  */
-export async function requireFreeEnd(filePath: string, side: Side, description: string, field: string): Promise<void> {
+export async function requireFreeEnd(filePath: string, side: Side, description: string, field: string): Promise<FileKind | null> {
   const kind = await statMediumPath(filePath, description);
-  if (kind !== 'fifo' && kind !== 'char-device') return;
-  claimEnd(filePath, kind, side, description, field)();
+  if (kind === 'fifo' || kind === 'char-device') claimEnd(filePath, kind, side, description, field)();
+  return kind;
 }
 
 /** What is at `filePath`: null when nothing is; throws for kinds a medium cannot be. */
