@@ -12,7 +12,7 @@ import { splitByExtent, type ExtentPiece } from '../lib/align.js';
 import { assert } from '../lib/assert.js';
 import { ThinError, fromSystemError } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
-import { acquireBuffer } from '../lib/buffer-pool.js';
+import { acquireBuffer, releaseBuffer } from '../lib/buffer-pool.js';
 import type { Pool } from '../pool/pool.js';
 import type { VolumeRow } from '../meta/store.js';
 import type { AllocationMap } from './allocation-map.js';
@@ -123,6 +123,11 @@ export class Volume implements BlockDevice {
     // before unpinning and before the caller goes on.
     await this.#pinned(runs, () => settleAll(runs.map(readRun)));
     return target;
+  }
+
+  /** Gives back a buffer read() returned, for a later large read to reuse; the caller never touches it again. */
+  releaseBuffer(buffer: Buffer): void {
+    releaseBuffer(buffer);
   }
 
   /**

@@ -28,8 +28,20 @@ class MemoryDevice implements RegionDevice {
     return this.bytes.length;
   }
 
+  /** Buffers read() returned and not yet given back; every give-back is checked against them. */
+  readonly lent = new Set<Buffer>();
+  released = 0;
+
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return Buffer.from(this.bytes.subarray(offsetBytes, offsetBytes + lengthBytes));
+    const buffer = Buffer.from(this.bytes.subarray(offsetBytes, offsetBytes + lengthBytes));
+    this.lent.add(buffer);
+    return buffer;
+  }
+
+  releaseBuffer(buffer: Buffer): void {
+    assert.ok(this.lent.delete(buffer), 'only a buffer read() returned is given back, and only once');
+    buffer.fill(0xee); // reused: whoever still looked at it would see other bytes
+    this.released++;
   }
 
   async write(offsetBytes: number, data: Buffer, options: { fua: boolean }): Promise<void> {
@@ -73,6 +85,30 @@ test('the stream comes back byte for byte; the label is written last, with FUA, 
   assert.ok(label.flushesBefore >= 1, 'the stream was flushed before its label');
   assert.ok(device.writes.slice(0, -1).every((write) => write.flushesBefore === 0 && write.offsetBytes >= REGION_STREAM_OFFSET_BYTES), 'stream writes come before, at or after the stream offset');
   assert.ok(device.writes.slice(0, -1).every((write) => (write.offsetBytes - REGION_STREAM_OFFSET_BYTES) % (256 * KiB) === 0), 'each chunk where the one before it ended');
+});
+
+test('the reader reads one chunk ahead and gives chunks back once the caller may no longer look at them', async () => {
+  const device = new MemoryDevice(8 * 1024 * KiB);
+  const chunkBytes = BACKUP_LIMITS.readChunkBytes;
+  const stream = crypto.randomBytes(5 * chunkBytes + 777);
+  await writeStream(device, stream, 256 * KiB);
+  const reader = await RegionReader.open(device, 'bk-000007');
+  assert.equal(device.lent.size, 0, 'the label was read and given back');
+  const returned: Buffer[] = [];
+  for (let chunk = await reader.read(); chunk; chunk = await reader.read()) {
+    returned.push(chunk);
+    // The contract: valid until the second read() after the one that returned it.
+    const index = returned.length - 1;
+    assert.deepEqual(chunk, stream.subarray(index * chunkBytes, (index + 1) * chunkBytes), `chunk ${index}`);
+    if (index >= 1) assert.deepEqual(returned[index - 1], stream.subarray((index - 1) * chunkBytes, index * chunkBytes), `chunk ${index - 1} is still intact one read later`);
+    assert.ok(device.lent.has(chunk) && (index === 0 || device.lent.has(returned[index - 1]!)), 'the last two chunks are still lent');
+    assert.ok(device.lent.size <= 3, 'at most the last two chunks and one read ahead are out');
+  }
+  assert.equal(returned.length, 6);
+  assert.ok(device.released >= 4, `chunks were given back while reading (${device.released})`);
+  await reader.close();
+  assert.equal(device.lent.size, 0, 'close gives back every chunk still out');
+  await reader.close(); // twice is harmless
 });
 
 test('an empty stream and a stream that fills the region exactly', async () => {

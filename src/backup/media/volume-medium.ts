@@ -43,6 +43,8 @@ const LABEL = {
 export interface RegionDevice {
   readonly name: string;
   readonly sizeBytes: number;
+  /** A buffer read() returned, given back for reuse (the caller never touches it again). */
+  releaseBuffer(buffer: Buffer): void;
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   write(offsetBytes: number, data: Buffer, options: { fua: boolean }): Promise<void>;
   flush(): Promise<void>;
@@ -136,12 +138,23 @@ export class RegionWriter implements MediumWriter {
   }
 }
 
-/** Reads the stream a region's label describes, in chunks of BACKUP_LIMITS.readChunkBytes. */
+/**
+ * Reads the stream a region's label describes, in chunks of BACKUP_LIMITS.readChunkBytes, one
+ * chunk read ahead (as a file medium is read). The chunks are the volume's recycled read buffers,
+ * handed back as soon as the MediumReader contract allows (two reads later): without that, every
+ * chunk was new memory and garbage, and a remap restore from a region ran at a third of the speed
+ * of one from a file (1.2–1.6 s against 0.4–0.5 s per GiB on tmpfs).
+ */
 export class RegionReader implements MediumReader {
   readonly description: string;
   readonly #device: RegionDevice;
   readonly #streamBytes: number;
+  /** Stream bytes returned so far, and asked of the device so far (the read ahead included). */
   #bytesRead = 0;
+  #bytesRequested = 0;
+  #ahead: Promise<Buffer | null> | null = null;
+  /** The chunks returned by the last two reads, oldest first: the caller may still look at them. */
+  readonly #lent: Buffer[] = [];
   #closed = false;
 
   private constructor(device: RegionDevice, streamBytes: number) {
@@ -154,7 +167,9 @@ export class RegionReader implements MediumReader {
   static async open(device: RegionDevice, backupId?: string): Promise<RegionReader> {
     const description = `volume:${device.name}`;
     if (device.sizeBytes < REGION_LABEL_BYTES) throw new ThinError('CORRUPT', `${description} is not a backup region (smaller than a region label)`);
-    const label = parseRegionLabel(await device.read(0, REGION_LABEL_BYTES), device.sizeBytes);
+    const labelBytes = await device.read(0, REGION_LABEL_BYTES);
+    const label = parseRegionLabel(labelBytes, device.sizeBytes);
+    device.releaseBuffer(labelBytes);
     if (typeof label === 'string') throw new ThinError('CORRUPT', `${description} ${label}`);
     if (backupId !== undefined && label.backupId !== backupId) {
       throw new ThinError('CORRUPT', `${description} holds backup ${label.backupId}, not ${backupId} (the region was reused)`);
@@ -168,14 +183,35 @@ export class RegionReader implements MediumReader {
 
   async read(): Promise<Buffer | null> {
     if (this.#closed) throw new ThinError('IO_ERROR', `${this.description}: read after close`);
-    const lengthBytes = Math.min(BACKUP_LIMITS.readChunkBytes, this.#streamBytes - this.#bytesRead);
-    if (lengthBytes === 0) return null;
-    const chunk = await this.#device.read(REGION_STREAM_OFFSET_BYTES + this.#bytesRead, lengthBytes);
-    this.#bytesRead += lengthBytes;
+    // The chunk returned two reads ago is the caller's no longer.
+    if (this.#lent.length === 2) this.#device.releaseBuffer(this.#lent.shift()!);
+    const pending = this.#ahead ?? this.#readNext();
+    this.#ahead = null;
+    const chunk = await pending;
+    if (chunk === null) return null;
+    this.#bytesRead += chunk.length;
+    this.#lent.push(chunk);
+    if (!this.#closed) {
+      this.#ahead = this.#readNext();
+      this.#ahead.catch(() => undefined); // its failure is reported by the read() that takes it
+    }
     return chunk;
   }
 
   async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
+    const ahead = await this.#ahead?.catch(() => null); // never hand back a buffer a read still fills
+    this.#ahead = null;
+    if (ahead) this.#device.releaseBuffer(ahead);
+    for (const chunk of this.#lent.splice(0)) this.#device.releaseBuffer(chunk);
+  }
+
+  #readNext(): Promise<Buffer | null> {
+    const lengthBytes = Math.min(BACKUP_LIMITS.readChunkBytes, this.#streamBytes - this.#bytesRequested);
+    if (lengthBytes === 0) return Promise.resolve(null);
+    const offsetBytes = REGION_STREAM_OFFSET_BYTES + this.#bytesRequested;
+    this.#bytesRequested += lengthBytes;
+    return this.#device.read(offsetBytes, lengthBytes);
   }
 }
