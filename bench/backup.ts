@@ -2,7 +2,8 @@
 // thinarray and, side by side in the same run, copied by `nbdcopy` (to a sparse file) and
 // `qemu-img convert -O qcow2` from the same NBD export, against the limit — `cp` of the used bytes
 // once, page cache warm. Restore (remap and writeback) against the same limit; an incremental
-// after changing a small fraction of the data against the full.
+// after changing a small fraction of the data against the full. The same backup and remap restore
+// with a backup region (volume:NAME, a second storage region inside the array) as the medium.
 //
 //   npm run build && node dist/bench/backup.js [options]      (see bench/README.md)
 //
@@ -318,6 +319,8 @@ const STEPS = [
   ['restore-remap', 'thinarray restore --method remap'],
   ['restore-writeback', 'thinarray restore --method writeback'],
   ['incremental', 'thinarray backup --incremental'],
+  ['region-backup', 'thinarray backup --to volume:REGION'],
+  ['region-restore-remap', 'thinarray restore --method remap from the region'],
 ] as const;
 type StepName = (typeof STEPS)[number][0];
 
@@ -391,6 +394,9 @@ function floors(rows: StepSummary[], samples: Sample[], usedBytes: number, chang
     'backup/(dd direct write)': time('backup', 'direct-write'),
     'restore remap/(dd direct read of the medium)': time('restore-remap', 'medium-read'),
     'restore remap/(dd copy of the medium)': time('restore-remap', 'medium-copy'),
+    'region backup/limit': time('region-backup', 'limit'),
+    'region restore remap/limit': time('region-restore-remap', 'limit'),
+    'region backup/file backup': time('region-backup', 'backup'),
   };
   const floor = (name: string, value: number, max: number): Floor => ({ name, value, limit: max, pass: Number.isFinite(value) && value <= max });
   return {
@@ -436,6 +442,12 @@ function formatTable(rows: StepSummary[], ratios: Record<string, number>, floorL
 // ---- main -------------------------------------------------------------------------------------
 
 const VOLUME = 'bench';
+/** The volume that serves as a backup region (medium volume:REGION). */
+const REGION = 'bench-region';
+
+function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
 
 async function main(): Promise<void> {
   const config = parseArgs(process.argv.slice(2));
@@ -471,8 +483,8 @@ async function main(): Promise<void> {
     log(`writing ${config.dataBytes / MiB} MiB of random data in ${chunkCount} pieces of ${config.chunkBytes >> 10} KiB scattered over ${config.volumeBytes / MiB} MiB`);
     await makeData(config, slots, dense, scattered);
 
-    // A sparse pool big enough for the volume's data, a remap restore, a writeback restore and the views.
-    const poolBytes = Math.max(config.volumeBytes + 4 * config.dataBytes, 12 * 2 ** 30);
+    // A sparse pool big enough for the volume's data, a remap restore, a writeback restore, the region and the views.
+    const poolBytes = Math.max(config.volumeBytes + 5 * config.dataBytes, 12 * 2 ** 30);
     daemon = await startDaemon({ extraArgs: ['--media-root', mediaDir, '--pool-size', `${Math.ceil(poolBytes / MiB)}M`] });
     const api = new Api(daemon, stepTimeoutMs);
     extentBytes = (await api.call<{ extentBytes: number }>('GET', '/pool')).extentBytes;
@@ -484,6 +496,9 @@ async function main(): Promise<void> {
     await rm(scattered);
     usedBytes = await api.allocatedBytes(VOLUME);
     if (usedBytes !== config.dataBytes) throw new Error(`the volume has ${usedBytes} bytes allocated after the fill, expected ${config.dataBytes}`);
+    // The region: the stream (the used data, a frame header per extent, the header) after its 1 MiB
+    // label area, with room to spare; thin, so only what a backup writes takes pool space.
+    await api.createVolume(REGION, roundUp(1.05 * config.dataBytes + 8 * MiB, extentBytes));
 
     // The change set: whole extents inside the mapped pieces.
     const extentsPerChunk = config.chunkBytes / extentBytes;
@@ -587,6 +602,20 @@ async function main(): Promise<void> {
         if (inc!.extents !== changeCount) log(`note: the incremental holds ${inc!.extents} extents, ${changeCount} were changed`);
         backupIds.push(inc!.id);
       }
+
+      // 7. The same full backup into the backup region, and a remap restore from it; the region is
+      // emptied again (backup deleted with its medium) for the next repetition. After the
+      // incrementals: a region backup becomes the volume's newest, the base of the next incremental.
+      let regionEntry: BackupEntry | undefined;
+      const regionS = await stepTimed(async () => { regionEntry = await api.backup(VOLUME, `volume:${REGION}`, false); });
+      if (regionEntry!.state !== 'complete') throw new Error(`backup ${regionEntry!.id} to the region is ${regionEntry!.state}: ${regionEntry!.error ?? ''}`);
+      record({ rep, step: 'region-backup', seconds: regionS, apparentBytes: regionEntry!.streamBytes });
+      const regionRemapS = await stepTimed(() => api.restore(regionEntry!.id, 'restored', 'remap', true));
+      const regionRemapAllocated = await api.allocatedBytes('restored');
+      if (regionRemapAllocated !== usedBytes) throw new Error(`the remap restore from the region allocated ${regionRemapAllocated} bytes, expected ${usedBytes}`);
+      record({ rep, step: 'region-restore-remap', seconds: regionRemapS, allocatedBytes: regionRemapAllocated });
+      await api.deleteVolume('restored');
+      await api.call('DELETE', `/backups/${regionEntry!.id}?purgeMedia=true`);
 
       for (const id of backupIds.reverse()) await api.call('DELETE', `/backups/${id}?purgeMedia=true`);
     }
