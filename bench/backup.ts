@@ -141,8 +141,8 @@ function pickDistinct(n: number, count: number, random: () => number): number[] 
  * Times `fn`. First, untimed: the page-cache warm-up every step gets (see warmPageCache); a sync,
  * so that no step pays for writing back what was left dirty before it (on ext4 here, the first
  * full backup started with 500 MiB of the bench's own data files still dirty, and the flusher
- * competed with its durable writes; between steps there were under 200 KiB; on tmpfs a no-op); then a request, so the timed one never meets a keep-alive connection
- * the server closed meanwhile.
+ * competed with its durable writes; between steps there were under 200 KiB; on tmpfs a no-op);
+ * then a request, so the timed one never meets a keep-alive connection the server closed meanwhile.
  */
 async function timed(fn: () => Promise<unknown>, warm: () => Promise<void>, api: Api): Promise<number> {
   await warm();
