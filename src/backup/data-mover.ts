@@ -37,6 +37,12 @@ const RECORDS_PER_BATCH = 8192;
 const BATCHES_AHEAD = 2;
 /** Idle movers kept (a thread and 16 MiB each); more run at once only for concurrent backups. */
 const IDLE_MOVERS_MAX = 2;
+/**
+ * A pread slower than this per byte waited for the disk, and the worker then reads ahead through
+ * the thread pool (see data-mover-worker.ts): a page-cache copy of 64 KiB takes ~15 µs here, a
+ * disk read of 64 KiB 100 µs or more; 1 ns per byte puts the line at 64 µs for 64 KiB.
+ */
+const SLOW_READ_NS_PER_BYTE = 1;
 
 export interface MoveRequest {
   writer: BackupStreamWriter;
@@ -66,7 +72,8 @@ export class DataMover {
   /** Numbers the runs, so that the worker drops what an earlier run left in its port. */
   #generation = 0;
 
-  constructor() {
+  /** `slowReadNsPerByte`: see SLOW_READ_NS_PER_BYTE (tests set 0, so that every record but a few is read through the thread pool). */
+  constructor(options: { slowReadNsPerByte?: number } = {}) {
     const slotBytes = BACKUP_LIMITS.writeChunkBytes;
     // Every record is a frame header and at least one byte; all but the source's last extent are whole.
     const headersPerSlotMax = Math.floor(slotBytes / (FRAME_HEADER_BYTES + LIMITS.extentBytesMin)) + 2;
@@ -86,7 +93,7 @@ export class DataMover {
     this.#headerCounts = new Int32Array(this.#memory.headerCounts);
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
-    this.#worker = new Worker(new URL('./data-mover-worker.js', import.meta.url), { workerData: { memory: this.#memory, port: port2 }, transferList: [port2] });
+    this.#worker = new Worker(new URL('./data-mover-worker.js', import.meta.url), { workerData: { memory: this.#memory, port: port2, slowReadNsPerByte: options.slowReadNsPerByte ?? SLOW_READ_NS_PER_BYTE }, transferList: [port2] });
     this.#worker.unref();
     const die = (cause: unknown): void => {
       this.#death ??= new ThinError('INTERNAL', `the backup data mover thread ended: ${cause instanceof Error ? cause.message : String(cause)}`);

@@ -23,13 +23,17 @@ interface Disk {
 
 let directory: string;
 let mover: DataMover;
+/** A mover that takes every pread for a slow one: nearly every record is read through the thread pool, several at once. */
+let aheadMover: DataMover;
 
 before(() => {
   directory = fs.mkdtempSync(path.join(os.tmpdir(), 'data-mover-'));
   mover = new DataMover();
+  aheadMover = new DataMover({ slowReadNsPerByte: 0 });
 });
 after(async () => {
   await mover.close();
+  await aheadMover.close();
   fs.rmSync(directory, { recursive: true, force: true });
 });
 
@@ -104,10 +108,29 @@ describe('data mover', () => {
     test(`the stream is byte for byte the writer's own: ${shape.name}`, async () => {
       const volume = testVolume({ extentCount: shape.extentCount, mappedFraction: shape.mappedFraction ?? 0.6, extentBytes: shape.extentBytes, partialTailBytes: shape.partialTailBytes, seed: index + 2 });
       const { disk, expected } = diskOf(volume, `shape-${index}`, shape.zeroEvery);
-      const moved = await moveStream(volume, disk);
-      assert.ok(moved.equals(await streamBytesOf(expected)), 'the moved stream equals the one writeExtent writes');
+      const want = await streamBytesOf(expected);
+      assert.ok((await moveStream(volume, disk)).equals(want), 'the moved stream equals the one writeExtent writes');
+      assert.ok((await moveStream(volume, disk, { using: aheadMover })).equals(want), 'and so does the one read ahead through the thread pool');
     });
   }
+
+  test('reads ahead through the thread pool: a read that fails, and a cancel while reads are in flight, end the run cleanly', async () => {
+    const volume = testVolume({ extentCount: 20_000, mappedFraction: 0.9, extentBytes: 4096, seed: 26 }); // ~70 chunks
+    const { disk, expected } = diskOf(volume, 'ahead');
+    const want = await streamBytesOf(expected);
+    const table = volume.fields.correspondence as Float64Array;
+    const broken: Disk = { fd: disk.fd, positionOf: new Map(disk.positionOf) };
+    broken.positionOf.set(table[5000]!, 1 << 30); // beyond the file: a read returns 0 bytes
+    await assert.rejects(moveStream(volume, broken, { using: aheadMover }), (error: Error & { code?: string }) => error.code === 'IO_ERROR' && /short read/.test(error.message));
+    assert.ok(aheadMover.reusable);
+    assert.ok((await moveStream(volume, disk, { using: aheadMover })).equals(want), 'the run after a failed read');
+    const controller = new AbortController();
+    const onProgress = (): void => controller.abort(new Error('cancelled by the operator'));
+    await assert.rejects(moveStream(volume, disk, { using: aheadMover, signal: controller.signal, onProgress }), /cancelled by the operator/);
+    assert.ok(aheadMover.reusable);
+    // The cancelled run waited for its reads: none of them writes into the ring the next run uses.
+    assert.ok((await moveStream(volume, disk, { using: aheadMover })).equals(want), 'the run after a cancel');
+  });
 
   test('a stream whose data ends exactly on a chunk boundary (after more chunks than the ring has)', async () => {
     // Find a volume whose data section ends on a chunk boundary: all extents mapped, the last one
