@@ -5,8 +5,8 @@
  * seals each chunk once every byte in it is final.
  *
  * Reads: a plain pread while they are fast (the extent is in the page cache, or the pool is in
- * memory: a thread-pool read would only add two thread switches per extent, 1.4× the time of a
- * full backup on tmpfs). Preads that wait for the disk (SLOW_READS_OF_8 of the last 8) switch the
+ * memory: a thread-pool read would only add two thread switches per extent: 1.3–1.4× the time
+ * of a full backup on tmpfs). Preads that wait for the disk (SLOW_READS_OF_8 of the last 8) switch the
  * next READS_AHEAD_SPAN records to reads through the thread pool, READS_IN_FLIGHT at once: one
  * read at a time from a cold, fragmented pool goes as slowly as the disk's latency allows. A full
  * backup of 1 GiB scattered over an ext4 pool, page cache dropped: 2.1–2.6 s before, 1.8–2.0 s
@@ -36,7 +36,7 @@ const READS_AHEAD_SPAN = 1024;
 /**
  * Slow preads among the last 8 that mean the disk is being waited for. One is not enough: on a
  * busy 2-core machine a pread from the page cache is now and then descheduled for 0.1–2 ms, and
- * a single slow one sent ~40% of a warm backup through the thread pool (1.3× the time on tmpfs);
+ * a single slow one sent ~40% of a warm backup through the thread pool;
  * 4 of 8 still did now and then. Not "in a row" either: in a cold pool some preads still find
  * their pages (read ahead with a neighbour's), and 4 slow in a row left a quarter of a cold
  * backup at one read at a time.

@@ -3,6 +3,7 @@
  * byte what BackupStreamWriter.writeExtent makes, for every extent size the array allows (frame
  * headers across chunk boundaries, records longer than a chunk, a short last record, holes), and
  * a read error, a medium error or a cancel must fail the run cleanly and leave the mover usable.
+ * All of it also through a mover that reads ahead through the thread pool (as on a cold disk).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -128,7 +129,8 @@ describe('data mover', () => {
     const onProgress = (): void => controller.abort(new Error('cancelled by the operator'));
     await assert.rejects(moveStream(volume, disk, { using: aheadMover, signal: controller.signal, onProgress }), /cancelled by the operator/);
     assert.ok(aheadMover.reusable);
-    // The cancelled run waited for its reads: none of them writes into the ring the next run uses.
+    // A read of the cancelled run still writing into the ring would spoil this one (the run waits
+    // for its reads before it ends; a test cannot make a read slow enough to catch it for sure).
     assert.ok((await moveStream(volume, disk, { using: aheadMover })).equals(want), 'the run after a cancel');
   });
 
