@@ -36,8 +36,9 @@ const READS_AHEAD_SPAN = 1024;
 /**
  * Slow preads among the last 8 that mean the disk is being waited for. One is not enough: on a
  * busy 2-core machine a pread from the page cache is now and then descheduled for 0.1–2 ms, and
- * a single slow one sent ~40% of a warm backup through the thread pool;
- * 4 of 8 still did now and then. Not "in a row" either: in a cold pool some preads still find
+ * a single slow one sent ~40% of a warm backup through the thread pool. With 6 of 8, a busy
+ * period on tmpfs still sends a few spans there (0–9 of 16 per full backup; 0.986× the time of
+ * preads only, paired over 10). Not "in a row" either: in a cold pool some preads still find
  * their pages (read ahead with a neighbour's), and 4 slow in a row left a quarter of a cold
  * backup at one read at a time.
  */
