@@ -13,10 +13,11 @@
  * - Chunks waiting their turn are gathered into one pwritev of up to directWriteBytesMax, and
  *   directWritesInFlightMax of those run at once, each at its own offset (in one run of 5
  *   alternating repetitions: 1 GiB in 0.75 s that way, 0.98 s one 1 MiB write at a time; ext4,
- *   the data mover's backups, paired over 8: one 4 MiB write at a time took 1.10× as long).
- *   On a memory filesystem (tmpfs, ramfs) one write runs at a time: there is no device to keep
- *   busy, and a second write to the file only waits for the first on the inode's lock, spinning
- *   (tmpfs, paired over 14 full backups: 0.93× the time and ~100 ms less CPU per GiB). So when
+ *   the data mover's full backups, daemons side by side, paired over 8: one write at a time took
+ *   1.14× as long). On a memory filesystem (tmpfs, ramfs) one write runs at a time: there is no
+ *   device to keep busy, and a second write to the file only waits for the first on the inode's
+ *   lock, spinning (tmpfs, paired over 10 full backups: two at once took 1.09× the time and
+ *   ~40 ms more CPU per GiB). So when
  *   a write fails, or the daemon dies, a later chunk may be on the file after an earlier one
  *   that is not: a reader then reports the damage at the hole (a bad frame), not a truncation.
  *
