@@ -107,6 +107,48 @@ describe('backup and restore', () => {
     assert.equal((await array.check({ repair: false })).ok, true);
   });
 
+  /**
+   * The largest progress step one turn of the event loop saw while `jobId` ran: a job that lets the
+   * loop turn between records moves by a record or two per turn; one that runs through a medium
+   * chunk's records (1 MiB here) in a turn holds NBD requests of other volumes that long.
+   */
+  async function largestStepPerTurn(jobId: string): Promise<{ largestStepBytes: number; turns: number; state: string }> {
+    let largestStepBytes = 0;
+    let turns = 0;
+    let seenBytes = 0;
+    let running = true;
+    const tick = (): void => {
+      if (!running) return;
+      const doneBytes = array.jobs.get(jobId).progress.doneBytes;
+      largestStepBytes = Math.max(largestStepBytes, doneBytes - seenBytes);
+      seenBytes = doneBytes;
+      turns++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const done = await job(jobId);
+    running = false;
+    return { largestStepBytes, turns, state: done.state };
+  }
+
+  test('a remap restore and a verify let the event loop turn between records, so other volumes stay served', async () => {
+    await makeSource();
+    await array.volume('vm').write(8 * MiB, pattern(8 * MiB, 5), { fua: false }); // 128 more records: 8 medium chunks
+    const full = await fullBackup();
+    const records = array.backups.show(full.id).extents;
+    assert.ok(records >= 160, `${records} records`);
+
+    const remap = await array.backups.restore({ source: full.id, to: 'restored', method: 'remap', create: true });
+    const remapTurns = await largestStepPerTurn(remap.jobId);
+    assert.equal(remapTurns.state, 'succeeded');
+    assert.ok(remapTurns.largestStepBytes <= 2 * EXTENT, `remap: ${remapTurns.largestStepBytes} bytes restored in one turn of the event loop (${remapTurns.turns} turns)`);
+
+    const verify = await array.backups.verify(full.id);
+    const verifyTurns = await largestStepPerTurn(verify.jobId);
+    assert.equal(verifyTurns.state, 'succeeded');
+    assert.ok(verifyTurns.largestStepBytes <= 2 * EXTENT, `verify: ${verifyTurns.largestStepBytes} bytes checked in one turn of the event loop (${verifyTurns.turns} turns)`);
+  });
+
   test('a volume rewritten, partly overwritten and trimmed while its backup streams: the backup holds the point in time', async () => {
     // 96 MiB: the stream is 96 chunks for a ring of 16, so the mover waits for the medium while
     // the writes below (from the last extent back, ahead of it) hand extents over to the view.
