@@ -117,6 +117,39 @@ describe('JobManager', () => {
     store.close();
   });
 
+  test('progress rows are written each interval without an fsync of their own; the start and the end are durable', async () => {
+    const { store, manager } = open();
+    const transactions = { durable: 0, lazy: 0 };
+    const durable = store.transaction.bind(store);
+    const lazy = store.lazyTransaction.bind(store);
+    store.transaction = <T>(work: () => T): T => {
+      transactions.durable++;
+      return durable(work);
+    };
+    store.lazyTransaction = <T>(work: () => T): T => {
+      transactions.lazy++;
+      return lazy(work);
+    };
+    const storedProgress = store.prepare<[string], { progress: string }>('SELECT progress FROM jobs WHERE id = ?');
+    const kind = new ManualKind();
+    manager.register(kind);
+    const { id } = manager.start('manual', {}, 'progress rows');
+    const ctx = await kind.started();
+    const durableWhenRunning = transactions.durable;
+    assert.ok(durableWhenRunning >= 2, 'the row and its running state were written durably');
+    for (let step = 1; step <= 3; step++) {
+      ctx.addDone(1000);
+      await eventually(() => (JSON.parse(storedProgress.get(id)!.progress) as { doneBytes: number }).doneBytes === step * 1000, `progress ${step * 1000} in the store`);
+    }
+    assert.equal(transactions.durable, durableWhenRunning, 'no progress row was fsync\'ed on its own');
+    assert.ok(transactions.lazy >= 3, `${transactions.lazy} lazy progress writes`);
+    kind.finish(0, { ok: true });
+    assert.equal((await manager.wait(id, 10_000)).state, 'succeeded');
+    assert.ok(transactions.durable > durableWhenRunning, 'the end of the job is durable');
+    await manager.close();
+    store.close();
+  });
+
   test('cancel: the running handler sees the abort and the job ends cancelled; cancelling it again is a conflict', async () => {
     const { store, manager } = open();
     const kind = countingKind();
