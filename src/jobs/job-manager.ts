@@ -494,8 +494,8 @@ export class JobManager {
   #persistDirty(): void {
     if (this.#closed) return;
     // Not fsync'ed: on a disk busy with a job's own writes, the fsync of the metadata log each
-    // second held the event loop, NBD included (a 1 GiB remap restore on ext4 spent up to 67 ms
-    // of its main thread there). Progress is advisory, and an older checkpoint is still valid.
+    // second held the event loop, NBD included (one profiled 1 GiB remap restore on ext4 spent
+    // 67 ms of its main thread there). Progress is advisory, and an older checkpoint is still valid.
     for (const job of this.#active.values()) if (job.dirty) this.#persist(job, { durable: false });
   }
 
