@@ -525,10 +525,11 @@ async function main(): Promise<void> {
     const stepTimed = (fn: () => Promise<unknown>, newBytes = config.dataBytes): Promise<number> =>
       timed(fn, () => warmPageCache(workDir, Math.max(2 * newBytes, 64 * MiB)), api);
     // The first restore from a file medium on a disk also reads the medium into the page cache:
-    // twice the data in new pages. With the warm-up of the used data alone, every other remap
-    // restore on ext4 took 1.40-1.46 s instead of 0.84-0.88 s, with twice the CPU time, and steal
-    // time only then (the VM getting back memory it had lent); with this one, 0.85-0.98 s every
-    // time (8 each). On tmpfs the medium already is memory.
+    // twice the data in new pages. With the warm-up of the used data alone, 2 of 8 remap restores
+    // on ext4 (the medium dropped from the cache before each) took 1.40-1.46 s, the others
+    // 0.87-0.90 s after the first; the slow ones with 2.5 times the CPU time, and steal time only
+    // then (the VM getting back memory it had lent). With this one: 0.85-0.98 s after the first.
+    // On tmpfs the medium already is memory.
     const firstRestoreNewBytes = filesystem === 'tmpfs' ? config.dataBytes : 2 * config.dataBytes;
     const total = config.reps * (STEPS.length - config.skip.size + config.incrementals - 1);
     let done = 0;
