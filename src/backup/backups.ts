@@ -917,6 +917,9 @@ export class BackupManager {
         // write is awaited before that (a copy per record was 1 GiB of garbage per GiB restored).
         await volume.write(record.sourceExtent * volume.extentBytes, record.data, { fua: false });
         ctx.addDone(record.data.length);
+        // A write of one extent completes synchronously (Volume's pwritev path for small I/O), so
+        // without this a whole medium chunk ran per event-loop turn, as in #restoreRemap.
+        await nextTurn();
       }
       await stream.verifyTrailer();
       for (const extentIndex of toTrim) {

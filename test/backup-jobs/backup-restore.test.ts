@@ -143,6 +143,11 @@ describe('backup and restore', () => {
     assert.equal(remapTurns.state, 'succeeded');
     assert.ok(remapTurns.largestStepBytes <= 2 * EXTENT, `remap: ${remapTurns.largestStepBytes} bytes restored in one turn of the event loop (${remapTurns.turns} turns)`);
 
+    const writeback = await array.backups.restore({ source: full.id, to: 'vm', method: 'writeback', create: false });
+    const writebackTurns = await largestStepPerTurn(writeback.jobId);
+    assert.equal(writebackTurns.state, 'succeeded');
+    assert.ok(writebackTurns.largestStepBytes <= 2 * EXTENT, `writeback: ${writebackTurns.largestStepBytes} bytes restored in one turn of the event loop (${writebackTurns.turns} turns)`);
+
     const verify = await array.backups.verify(full.id);
     const verifyTurns = await largestStepPerTurn(verify.jobId);
     assert.equal(verifyTurns.state, 'succeeded');
