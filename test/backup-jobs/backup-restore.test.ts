@@ -131,7 +131,7 @@ describe('backup and restore', () => {
     return { largestStepBytes, turns, state: done.state };
   }
 
-  test('a remap restore and a verify let the event loop turn between records, so other volumes stay served', async () => {
+  test('remap and writeback restores and a verify let the event loop turn between records, so other volumes stay served', async () => {
     await makeSource();
     await array.volume('vm').write(8 * MiB, pattern(8 * MiB, 5), { fua: false }); // 128 more records: 8 medium chunks
     const full = await fullBackup();
