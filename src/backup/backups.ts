@@ -17,7 +17,6 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ThinError, isThinError, messageOf } from '../lib/errors.js';
 import { LIMITS } from '../lib/limits.js';
 import { WriteBehind } from '../lib/write-behind.js';
@@ -653,11 +652,7 @@ export class BackupManager {
     try {
       const stream = new BackupStreamReader(reader);
       await stream.readHeader();
-      for await (const record of stream.records()) {
-        void record;
-        await nextTurn(); // see #runVerify
-      }
-      const trailer = await stream.verifyTrailer();
+      const trailer = await stream.verifyTrailer(); // reads and checks every record on the way
       return { digest: trailer.digestHex, streamBytes: trailer.streamBytes };
     } finally {
       await reader.close().catch(() => undefined);
@@ -691,9 +686,6 @@ export class BackupManager {
       for await (const record of stream.records()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         ctx.addDone(record.data.length);
-        // A turn of the event loop per record, so NBD requests of other volumes on this thread are
-        // not held up behind a medium chunk's worth of checksums (see #restoreRemap).
-        await nextTurn();
       }
       const trailer = await stream.verifyTrailer();
       const entry = backupId ? this.catalog.get(backupId) : undefined;
@@ -848,13 +840,6 @@ export class BackupManager {
           flush();
           if (inFlight.size >= LIMITS.restoreBatchesInFlightMax) await Promise.race(inFlight);
         }
-        // The records come from the medium's chunks, already read ahead, so without this the loop
-        // ran many records per event-loop turn: during back-to-back remap restores of 1 GiB on
-        // tmpfs, 4 KiB reads at queue depth 1 on another volume had a p99 of 2.1-2.8 ms (0.09-0.13
-        // idle) and fell from 14,000 to 3,500-4,500 a second. With a turn per record: p99 0.37-0.46
-        // ms and 12,300-16,100 a second; a restore alone took as long as before (median 447 ms
-        // against 443, 10 each).
-        await nextTurn();
       }
       if (batch) batch.buffer = batch.buffer.subarray(0, batch.sourceExtents.length * extentBytes);
       flush();
@@ -917,9 +902,6 @@ export class BackupManager {
         // write is awaited before that (a copy per record was 1 GiB of garbage per GiB restored).
         await volume.write(record.sourceExtent * volume.extentBytes, record.data, { fua: false });
         ctx.addDone(record.data.length);
-        // A write of one extent completes synchronously (Volume's pwritev path for small I/O), so
-        // without this a whole medium chunk ran per event-loop turn, as in #restoreRemap.
-        await nextTurn();
       }
       await stream.verifyTrailer();
       for (const extentIndex of toTrim) {

@@ -85,6 +85,8 @@ interface PendingRecord {
   sourceExtent: number;
   headerAt: number;
   lengthBytes: number;
+  /** The ring pieces the payload is read into. */
+  pieces: Buffer[];
   /** Settles when every byte of the payload is in the ring (rejects with the read's error). */
   read: Promise<void>;
 }
@@ -205,7 +207,7 @@ class Run {
       read = readPiecesAsync(fd, pieces, diskPosition);
       read.catch(() => undefined); // its failure is thrown by #completeOldest
     }
-    this.#pending.push({ sourceExtent, headerAt, lengthBytes, read });
+    this.#pending.push({ sourceExtent, headerAt, lengthBytes, pieces, read });
   }
 
   /** Reserves the stream bytes of the next record (its frame header, then its payload), opening the chunks they need; returns where its header goes. */
@@ -223,9 +225,9 @@ class Run {
 
   async #completeOldest(): Promise<void> {
     await this.#pending[0]!.read;
-    const { sourceExtent, headerAt, lengthBytes } = this.#pending.shift()!;
+    const { sourceExtent, headerAt, lengthBytes, pieces } = this.#pending.shift()!;
     let crc = 0;
-    for (const piece of payloadPieces(headerAt, lengthBytes)) crc = crc32(piece, crc);
+    for (const piece of pieces) crc = crc32(piece, crc);
     this.#finish(sourceExtent, headerAt, lengthBytes, crc);
   }
 

@@ -7,6 +7,7 @@
  * offset, the part of the stream and the record.
  */
 import { createHash, type Hash } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ThinError } from '../../lib/errors.js';
 import type { MediumReader } from '../media/medium.js';
 import { ByteSource } from './byte-source.js';
@@ -109,7 +110,17 @@ export class BackupStreamReader {
     return header;
   }
 
-  /** The data records in stream order; ends when the trailer begins (verifyTrailer() checks it). */
+  /**
+   * The data records in stream order; ends when the trailer begins (verifyTrailer() checks it).
+   *
+   * Between two records the event loop turns once. The records come from medium chunks already
+   * read ahead, and a restore's one-extent pool write completes synchronously, so without the turn
+   * a consumer ran through a whole 1 MiB chunk (16 records: their CRCs, copies or writes) per turn,
+   * and the daemon's NBD requests for other volumes waited behind it. 4 KiB reads at queue depth 1
+   * on another volume, p99 during back-to-back 1 GiB jobs on tmpfs, without → with the turn:
+   * remap restores 2.1–2.8 → 0.37–0.46 ms, writeback restores 1.9–5.7 → 0.16–0.49 ms, verifies
+   * 0.45–0.60 → 0.19–0.22 ms (0.09–0.13 idle). Each job alone took as long as before.
+   */
   async *records(): AsyncGenerator<BackupRecord> {
     const header = this.header;
     if (this.#iterating || this.#trailerFrame) throw new ThinError('INVALID_ARGUMENT', 'the records of a stream can be iterated once');
@@ -130,6 +141,7 @@ export class BackupStreamReader {
         this.#nextRecord++;
         this.#dataBytes += data.length;
         yield { index, sourceExtent: frameHeader.arg1, data, offsetBytes: frameOffset + FRAME_HEADER_BYTES };
+        await nextTurn();
       }
     } finally {
       this.#iterating = false;
